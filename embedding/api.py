@@ -1,0 +1,148 @@
+"""The Python API for single items: vectorize_image, vectorize_text, and search.
+
+Each input is validated exactly as in the job; a bad one raises EmbeddingError carrying its error code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from embedding.config import Config
+from embedding.encoder import Encoder
+from embedding.errors import EmbeddingError, ErrorCode
+from embedding.images import ImageLimits, Preprocess, decode
+from embedding.index.search import Index
+from embedding.relevance import metadata_score, relevance
+from embedding.sources import SourceSettings, check_size, fetch
+from embedding.text import TextLimits, validate_text
+
+
+@dataclass(frozen=True)
+class Vector:
+    """A unit vector and the model version whose space it lives in."""
+
+    values: np.ndarray
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_id: str
+    uri: str | None
+    cosine: float
+    metadata_score: float
+    relevance: float
+    metadata: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_id": self.image_id,
+            "uri": self.uri,
+            "cosine": round(self.cosine, 6),
+            "metadata_score": round(self.metadata_score, 6),
+            "relevance": round(self.relevance, 6),
+            **{k: v for k, v in self.metadata.items() if k not in ("image_id", "uri")},
+        }
+
+
+@lru_cache(maxsize=4)
+def _encoder(version: str, cfg_json: str) -> Encoder:
+    cfg = Config.model_validate_json(cfg_json)
+    return Encoder(version, cfg.model, cfg.inference)
+
+
+def encoder_for(cfg: Config, version: str | None = None) -> Encoder:
+    """The model of a version, loaded once per process."""
+    return _encoder(version or cfg.model.version, cfg.model_dump_json())
+
+
+def vectorize_text(text: str, cfg: Config | None = None, version: str | None = None) -> Vector:
+    """One text (1 to 70 words) -> its unit vector. Raises EmbeddingError(InvalidText)."""
+    cfg = cfg or Config()
+    validate_text(text, TextLimits(cfg.limits.min_text_words, cfg.limits.max_text_words))
+    encoder = encoder_for(cfg, version)
+    return _checked(encoder.encode_texts([text])[0], encoder.version)
+
+
+def vectorize_image(
+    image: str | bytes | os.PathLike, cfg: Config | None = None, version: str | None = None
+) -> Vector:
+    """One image (a path, a URL or the file's bytes) -> its unit vector. Raises EmbeddingError."""
+    cfg = cfg or Config()
+    encoder = encoder_for(cfg, version)
+    limits = cfg.limits
+    if isinstance(image, bytes):
+        check_size(len(image), limits.max_image_bytes, "the image")
+        data = image
+    else:
+        source = SourceSettings(
+            tuple(cfg.input.allowed_schemes), limits.max_image_bytes, cfg.fetch, cfg.input.storage_options
+        )
+        data, _ = fetch(os.fspath(image), source)
+    prep: Preprocess = encoder.loaded.preprocess
+    prep = Preprocess(
+        **{
+            **prep.__dict__,
+            "draft_gap": cfg.preprocess.draft_gap,
+            "alpha_background": tuple(cfg.preprocess.alpha_background),
+        }
+    )
+    pixels = decode(data, prep, ImageLimits(limits.min_image_side, limits.max_image_side)).pixels
+    return _checked(encoder.encode_pixels(pixels[None])[0], encoder.version)
+
+
+def _checked(values: np.ndarray, version: str) -> Vector:
+    if not np.isfinite(values).all():
+        raise EmbeddingError(ErrorCode.EMBEDDING_NOT_FINITE, "the model returned NaN or infinity")
+    return Vector(values, version)
+
+
+def search(
+    query: str | Vector | bytes | os.PathLike,
+    cfg: Config,
+    top: int | None = None,
+    filters: dict[str, str] | None = None,
+    image: bool = False,
+    index: Index | None = None,
+) -> list[Hit]:
+    """Top results for a text, an image (path, URL or bytes, with image=True) or a vector.
+
+    The query is embedded with the index's own model version; a Vector of another version is refused.
+    Filters on carried metadata apply before the cut to `top`.
+    """
+    index = index or Index.for_version(cfg.output.root, cfg.model.version, cfg.output.storage_options)
+    version = index.manifest.model_version
+    text = None
+    if isinstance(query, Vector):
+        index.check_version(query.model_version)
+        vector = query
+    elif image or isinstance(query, bytes):
+        vector = vectorize_image(query, cfg, version)
+    else:
+        text = str(query)
+        vector = vectorize_text(text, cfg, version)
+    top = top or cfg.search.top
+    weight = cfg.search.relevance_weight
+    # Relevance re-orders a pool of the best cosine candidates; weight 0 keeps the cosine order.
+    pool = max(top, cfg.search.pool) if weight > 0 and text else top
+    hits = []
+    for candidate in index.nearest(vector.values, pool, filters):
+        meta = index.metadata(candidate)
+        score = metadata_score(text, meta.get("caption"), meta.get("tags")) if text else 0.0
+        hits.append(
+            Hit(
+                str(meta.get("image_id")),
+                meta.get("uri"),
+                candidate.cosine,
+                score,
+                relevance(candidate.cosine, score, weight),
+                meta,
+            )
+        )
+    hits.sort(key=lambda h: (-h.relevance, -h.cosine))
+    return hits[:top]

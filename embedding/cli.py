@@ -1,0 +1,212 @@
+"""The `embedding` command line: models, sample, run, index, search."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from embedding.errors import ConfigError, EmbeddingError
+
+
+def _models(args: argparse.Namespace) -> int:
+    from embedding.config import load_config
+    from embedding.models import all_versions, locate_weights
+    from embedding.models.registry import register_architectures
+
+    register_architectures()
+    cfg = load_config(args.config, args.set or []) if args.config else None
+    rows = []
+    for name, spec in all_versions(cfg.model if cfg else None).items():
+        location = locate_weights(name, spec)
+        rows.append(
+            {
+                "version": name,
+                "architecture": spec.architecture,
+                "weights": spec.weights,
+                "dim": spec.dim,
+                "languages": spec.languages,
+                "available": location.available,
+                "problem": location.problem,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'version':<12} {'dim':>5}  {'weights here':<12} {'languages':<28} architecture")
+    for r in rows:
+        langs = ", ".join(r["languages"])
+        print(
+            f"{r['version']:<12} {r['dim']:>5}  {'yes' if r['available'] else 'no':<12} {langs[:28]:<28} "
+            f"{r['architecture']}"
+        )
+    missing = [r for r in rows if not r["available"]]
+    for r in missing:
+        print(f"\n{r['version']}: {r['problem']}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from embedding.demo.sample import write_sample
+
+    manifest = write_sample(args.out_dir, args.count, args.seed)
+    print(f"wrote {args.count} images and {manifest}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from embedding.config import load_config
+    from embedding.job import run
+
+    overrides = list(args.set or [])
+    if args.retry_errors:
+        overrides.append("run.retry_errors=true")
+    if args.mode:
+        overrides.append(f"run.mode={args.mode}")
+    cfg = load_config(args.config, overrides)
+    summary = run(cfg)
+    rows = summary["rows"]
+    print(
+        f"run {summary['run_id']}: {rows['in']} rows in, {rows['embedded']} embedded, "
+        f"{rows['failed']} failed, "
+        f"{rows['skipped_done']} skipped as done, {rows['retried']} retried; {summary['rows_per_s']} rows/s; "
+        f"summary in {cfg.output.root}/runs/{summary['run_id']}/summary.json"
+    )
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from embedding.config import load_config
+    from embedding.index.build import build_index
+    from embedding.index.search import Index
+    from embedding.index.store import index_dir
+
+    cfg = load_config(args.config, args.set or [])
+    folder = index_dir(cfg.output.root, cfg.model.version)
+    if args.verify:
+        index = Index.open(folder, cfg.output.storage_options, verify=True)
+        print(f"index {folder}: {index.manifest.rows} rows in {len(index.shards)} shards; checksums verified")
+        return 0
+    manifest = build_index(cfg, force=True)
+    print(
+        f"index {folder}: {manifest.kind} ({manifest.factory}), {manifest.rows} rows in "
+        f"{len(manifest.shards)} "
+        f"shards, recall@10 {manifest.self_check.get('recall_at_k')}, built in {manifest.build_seconds} s"
+    )
+    return 0
+
+
+def _parse_filters(items: list[str] | None) -> dict[str, str]:
+    filters = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--filter expects COLUMN=VALUE, got {item!r}")
+        column, value = item.split("=", 1)
+        filters[column] = value
+    return filters
+
+
+def _search(args: argparse.Namespace) -> int:
+    from embedding.api import search
+    from embedding.config import load_config
+
+    cfg = load_config(args.config, args.set or [])
+    if (args.text is None) == (args.image is None):
+        raise ConfigError("give either a query TEXT or --image PATH_OR_URL")
+    query = args.image if args.image is not None else args.text
+    hits = search(query, cfg, top=args.top, filters=_parse_filters(args.filter), image=args.image is not None)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
+        return 0
+    print(f"{'#':>3} {'relevance':>9} {'cosine':>8} {'meta':>5}  {'image_id':<24} uri")
+    for rank, h in enumerate(hits, 1):
+        print(
+            f"{rank:>3} {h.relevance:9.4f} {h.cosine:8.4f} {h.metadata_score:5.2f}  {h.image_id:<24} {h.uri}"
+        )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The quick start: make the sample data if it is missing, then run the local config end to end."""
+    import os
+
+    from embedding.config import load_config
+    from embedding.demo.sample import write_sample
+
+    cfg = load_config(args.config, args.set or [])
+    for manifest in cfg.input.manifest:
+        if "://" not in manifest and not os.path.exists(manifest):
+            print(f"making the sample data: {os.path.dirname(manifest)}")
+            write_sample(os.path.dirname(manifest), args.count)
+    return _run(argparse.Namespace(config=args.config, set=args.set, retry_errors=False, mode=None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedding", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="list model versions")
+    models.add_argument("--config", help="a config that adds versions")
+    models.add_argument("--set", action="append", metavar="KEY=VALUE")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_models)
+
+    sample = commands.add_parser("sample", help="write synthetic sample images and their manifest")
+    sample.add_argument("out_dir")
+    sample.add_argument("--count", type=int, default=384)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=_sample)
+
+    run = commands.add_parser("run", help="the job: embeddings, errors, summary, then the index if enabled")
+    run.add_argument("config")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    run.add_argument("--retry-errors", action="store_true", help="also retry permanent errors of done units")
+    run.add_argument("--mode", choices=["resume", "overwrite"], help="override run.mode")
+    run.set_defaults(func=_run)
+
+    index = commands.add_parser("index", help="the index stage alone (or --verify an existing index)")
+    index.add_argument("config")
+    index.add_argument("--set", action="append", metavar="KEY=VALUE")
+    index.add_argument("--verify", action="store_true", help="check every shard file's SHA-256")
+    index.set_defaults(func=_index)
+
+    search = commands.add_parser("search", help="text or image query against the index")
+    search.add_argument("config")
+    search.add_argument("text", nargs="?", help="a query text of 1 to 70 words")
+    search.add_argument("--image", help="a query image: path or URL")
+    search.add_argument("--top", type=int)
+    search.add_argument(
+        "--filter",
+        action="append",
+        metavar="COLUMN=VALUE",
+        help="keep rows whose metadata column equals (or, for lists, contains) VALUE",
+    )
+    search.add_argument("--json", action="store_true")
+    search.add_argument("--set", action="append", metavar="KEY=VALUE")
+    search.set_defaults(func=_search)
+
+    demo = commands.add_parser("demo", help="make the sample data if missing, then run configs/local.yaml")
+    demo.add_argument("--config", default="configs/local.yaml")
+    demo.add_argument("--count", type=int, default=384, help="sample images to make when missing")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, EmbeddingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Typed run configuration: YAML in, `--set key=value` overrides, unknown keys refused with their path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from embedding.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class RunConfig(Section):
+    name: str = "embedding-run"
+    # resume: skip committed units, retry transient errors; overwrite: replace the version's output
+    # once the new run has committed everything.
+    mode: Literal["resume", "overwrite"] = "resume"
+    retry_errors: bool = False  # also retry permanent errors of committed units
+
+
+class RayConfig(Section):
+    # None: RAY_ADDRESS if set, else a local Ray started by the job. "local" forces a local Ray.
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)  # local Ray only
+    num_gpus: int | None = Field(default=None, ge=0)  # local Ray only
+    object_store_memory_mb: int | None = Field(default=None, ge=64)  # local Ray only
+    progress_bars: bool = True
+
+
+class InputConfig(Section):
+    manifest: list[str] = Field(default_factory=list)  # paths, URLs or globs
+    kind: Literal["auto", "image", "text"] = "auto"
+    carry_columns: list[str] = Field(default_factory=lambda: ["caption", "tags"])
+    unit_rows: int = Field(default=256, ge=1)  # rows per commit unit
+    allowed_schemes: list[str] = Field(
+        default_factory=lambda: ["file", "s3", "gs", "gcs", "http", "https", "inline"]
+    )
+    storage_options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per protocol, for fsspec
+
+    @field_validator("manifest", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class FetchConfig(Section):
+    timeout_s: float = Field(default=20.0, gt=0)
+    retries: int = Field(default=2, ge=0)  # extra attempts for transient failures
+    backoff_s: float = Field(default=0.5, ge=0)
+    threads: int = Field(default=8, ge=1)  # concurrent fetches per decode task (I/O bound)
+
+
+class ModelVersionSpec(Section):
+    """A model version: which open_clip architecture, which weights, and what it produces."""
+
+    architecture: str  # open_clip model name, or hf-hub:/local-dir: schema
+    weights: str | None = None  # open_clip pretrained tag, or a local file path
+    sha256: str | None = None  # of the weights file, verified at load when given
+    dim: int = Field(default=1024, ge=1)
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    quick_gelu: bool = False
+    tokenizer: str | None = None  # Hugging Face tokenizer name, for hf text towers
+    image_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bicubic", "bilinear"] | None = None
+    resize_mode: Literal["shortest", "longest", "squash"] | None = None
+    description: str = ""
+
+
+class ModelConfig(Section):
+    version: str = "demo"
+    versions: dict[str, ModelVersionSpec] = Field(default_factory=dict)  # added by this config
+
+
+class PreprocessConfig(Section):
+    draft_gap: float = Field(default=2.0, ge=0)  # 0 disables reduced-scale JPEG decoding
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+    batch_size: int = Field(default=64, ge=1)  # images per decode task batch
+    num_cpus: float = Field(default=1.0, gt=0)  # per decode task
+    concurrency: int | None = Field(default=None, ge=1)  # max parallel decode tasks (None: Ray decides)
+
+
+class InferenceConfig(Section):
+    batch_size: int = Field(default=64, ge=1)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    min_actors: int = Field(default=1, ge=1)
+    max_actors: int = Field(default=1, ge=1)
+    num_gpus_per_actor: float | None = Field(default=None, ge=0)  # None: 1 when the cluster has GPUs
+    num_cpus_per_actor: float = Field(default=1.0, ge=0)
+    torch_threads: int | None = Field(default=None, ge=1)  # CPU inference threads per actor
+    max_restarts: int = Field(default=2, ge=0)  # encoder actor restarts after a crash
+    max_task_retries: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _actors(self) -> InferenceConfig:
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) exceeds max_actors ({self.max_actors})")
+        return self
+
+
+class OutputConfig(Section):
+    root: str = "out"
+    embedding_dtype: Literal["float32", "float16"] = "float32"
+    compression: str = "zstd"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LimitsConfig(Section):
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # files must be under this
+    min_image_side: int = Field(default=10, ge=0)  # sides must be greater than this
+    max_image_side: int = Field(default=16_000, ge=1)  # and less than this
+    min_text_words: int = Field(default=1, ge=0)
+    max_text_words: int = Field(default=70, ge=1)
+
+
+class IndexConfig(Section):
+    enabled: bool = True
+    kind: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
+    factory: str | None = None  # a FAISS factory string; overrides kind
+    shards: int = Field(default=2, ge=1)
+    memory_budget_mb: int = Field(default=4096, ge=1)  # for the index's in-RAM part
+    exact_max_rows: int = Field(default=100_000, ge=1)  # up to this, exact search
+    train_sample: int = Field(default=100_000, ge=1)
+    rerank: int = Field(default=200, ge=0)  # candidates re-ranked exactly; 0 disables
+    rerank_dtype: Literal["float16", "float32"] = "float16"
+    nprobe: int = Field(default=32, ge=1)
+    ef_search: int = Field(default=128, ge=1)
+    self_check_queries: int = Field(default=200, ge=0)
+
+
+class SearchConfig(Section):
+    top: int = Field(default=10, ge=1)
+    relevance_weight: float = Field(default=0.2, ge=0, le=1)  # share of the metadata score in relevance
+    pool: int = Field(default=100, ge=1)  # cosine candidates that relevance re-orders (text queries)
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """ "section.key=value" -> (path, value); the value is parsed as YAML (numbers, lists, booleans)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _relative_to(base: Path, tree: dict[str, Any]) -> None:
+    """Resolve relative local paths of input.manifest and output.root against the config file's folder."""
+
+    def fix(path: str) -> str:
+        return path if "://" in path or os.path.isabs(path) else str((base / path).resolve())
+
+    inp, out = tree.get("input"), tree.get("output")
+    if isinstance(inp, dict) and "manifest" in inp:
+        manifests = inp["manifest"]
+        inp["manifest"] = fix(manifests) if isinstance(manifests, str) else [fix(m) for m in manifests or []]
+    if isinstance(out, dict) and isinstance(out.get("root"), str):
+        out["root"] = fix(out["root"])
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    parts = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{path}'")
+        else:
+            parts.append(f"'{path}': {item['msg']}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config and apply `--set` overrides; raises ConfigError with a one-line message.
+
+    Relative paths in the file are relative to the file's folder; relative paths given with --set are
+    relative to the current directory.
+    """
+    tree: dict[str, Any] = {}
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+        _relative_to(Path(path).resolve().parent, tree)
+    cwd_tree: dict[str, Any] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(cwd_tree, key, value)
+    _relative_to(Path.cwd(), cwd_tree)
+    _merge(tree, cwd_tree)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

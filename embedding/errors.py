@@ -1,0 +1,44 @@
+"""The closed set of error codes of DESIGN.md, and the typed exceptions that carry them.
+
+Row-level problems never escape as exceptions from the job: each becomes an error row with one of these codes.
+The single-item API (`vectorize_image`, `vectorize_text`) raises them as `EmbeddingError`s instead.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Every code an error row can carry; README.md documents each."""
+
+    INVALID_IMAGE_SIZE = "InvalidImageSize"  # the file is not under the byte limit
+    INVALID_IMAGE_DIMENSION = "InvalidImageDimension"  # a side is not within the pixel limits
+    INVALID_IMAGE_FORMAT = "InvalidImageFormat"  # empty, truncated or undecodable bytes
+    NOT_FOUND = "NotFound"  # the path or URL does not exist
+    FETCH_FAILED = "FetchFailed"  # reading the bytes failed after retries (transient)
+    TIMEOUT = "Timeout"  # reading the bytes took longer than the timeout (transient)
+    INVALID_MANIFEST_ROW = "InvalidManifestRow"  # no id, no image, or a disallowed scheme
+    DUPLICATE_ID = "DuplicateId"  # the id was already seen earlier in the manifest
+    INVALID_TEXT = "InvalidText"  # a query text outside the word limits, or empty
+    EMBEDDING_NOT_FINITE = "EmbeddingNotFinite"  # the model returned NaN or infinity
+    ENCODE_FAILED = "EncodeFailed"  # the model raised an exception on this row alone
+    WORKER_CRASHED = "WorkerCrashed"  # the worker process died on this row in every attempt
+
+
+# Errors worth retrying on a later run (resume mode); the others are permanent until --retry-errors.
+TRANSIENT_CODES = frozenset({ErrorCode.FETCH_FAILED, ErrorCode.TIMEOUT})
+
+
+class EmbeddingError(Exception):
+    """A problem with one input, carrying its error code."""
+
+    def __init__(self, code: ErrorCode, message: str, attempts: int = 1):
+        super().__init__(f"{code}: {message}")
+        self.code = ErrorCode(code)
+        self.message = message
+        self.attempts = attempts  # fetch attempts made before giving up
+
+
+class ConfigError(Exception):
+    """A bad config, manifest layout or model version: raised at start, before any work."""

@@ -1,0 +1,189 @@
+"""Loading an index and searching it: every shard is queried, candidates re-ranked exactly, then merged."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from embedding.errors import ConfigError
+from embedding.index.kinds import search_parameters
+from embedding.index.store import IndexManifest, check_files, index_dir, local_folder, read_manifest
+
+
+class VersionMismatch(ConfigError):
+    """A query of one model version against an index of another: vector spaces never mix."""
+
+
+@dataclass
+class Candidate:
+    cosine: float
+    shard: int
+    row: int
+
+
+@dataclass
+class Shard:
+    index: faiss.Index
+    vectors: np.ndarray  # memory-mapped, for exact re-ranking
+    meta: pa.Table  # row -> image_id, uri, carried columns
+
+    def allowed_rows(self, filters: dict[str, str]) -> np.ndarray | None:
+        """Rows whose carried metadata matches every filter (list columns: contains), or None for all."""
+        if not filters:
+            return None
+        mask = np.ones(self.meta.num_rows, dtype=bool)
+        for column, value in filters.items():
+            if column not in self.meta.column_names:
+                raise ConfigError(
+                    f"--filter {column}: no such metadata column; have {', '.join(self.meta.column_names)}"
+                )
+            data = self.meta.column(column)
+            if pa.types.is_list(data.type) or pa.types.is_large_list(data.type):
+                hits = np.zeros(self.meta.num_rows, dtype=bool)
+                flat = pc.list_flatten(data)
+                parents = pc.list_parent_indices(data).to_numpy()
+                matches = pc.equal(flat.cast(pa.string()), value).to_numpy(zero_copy_only=False)
+                hits[np.unique(parents[matches])] = True
+            else:
+                hits = pc.equal(data.cast(pa.string()), value).to_numpy(zero_copy_only=False)
+            mask &= np.asarray(hits, dtype=bool)
+        return np.flatnonzero(mask).astype(np.int64)
+
+
+def _read_index(path: str) -> faiss.Index:
+    # Memory-map where FAISS can (inverted lists, flat codes); fall back to reading it whole.
+    for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, faiss.IO_FLAG_MMAP_IFC, 0):
+        try:
+            return faiss.read_index(path, flags)
+        except RuntimeError:
+            continue
+    raise ConfigError(f"{path} is not a readable FAISS index: rebuild with `embedding index`")
+
+
+@dataclass
+class Index:
+    """A loaded index of one model version."""
+
+    manifest: IndexManifest
+    shards: list[Shard]
+    threads: int = 1
+    _params: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, folder: str, storage_options: dict | None = None, verify: bool = False) -> Index:
+        """Load the index that index.json in `folder` names (sizes checked; SHA-256 too with `verify`)."""
+        options = storage_options or {}
+        manifest = read_manifest(folder, options)
+        return cls.load(local_folder(folder, manifest, options), manifest, verify)
+
+    @classmethod
+    def load(cls, local: str, manifest: IndexManifest, verify: bool = False) -> Index:
+        """Load the shards a manifest names from a local folder."""
+        check_files(local, manifest, checksums=verify)
+        shards = []
+        for shard in manifest.shards:
+            files = {role: os.path.join(local, rel) for role, rel in shard.files.items()}
+            try:
+                shards.append(
+                    Shard(
+                        index=_read_index(files["index"]),
+                        vectors=np.load(files["vectors"], mmap_mode="r"),
+                        meta=pq.read_table(files["meta"]),
+                    )
+                )
+            except (ValueError, OSError, pa.ArrowInvalid) as exc:
+                raise ConfigError(
+                    f"index shard files under {local} are unreadable ({exc}): rebuild the index"
+                ) from exc
+        return cls(manifest, shards)
+
+    @classmethod
+    def for_version(cls, root: str, version: str, storage_options: dict | None = None) -> Index:
+        index = cls.open(index_dir(root, version), storage_options)
+        index.check_version(version)
+        return index
+
+    def check_version(self, version: str) -> None:
+        if version != self.manifest.model_version:
+            raise VersionMismatch(
+                f"the query is of model version '{version}' but the index is of "
+                f"'{self.manifest.model_version}'; "
+                "vectors of two model versions are never compared"
+            )
+
+    def nearest(self, query: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Candidate]:
+        """The k best rows by exact cosine over all shards (compressed kinds re-rank their candidates)."""
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.manifest.dim:
+            raise ConfigError(f"query has {query.shape[1]} dimensions, the index {self.manifest.dim}")
+        faiss.omp_set_num_threads(self.threads)
+        found: list[Candidate] = []
+        for number, shard in enumerate(self.shards):
+            allowed = shard.allowed_rows(filters or {})
+            if allowed is not None and len(allowed) == 0:
+                continue
+            selector = faiss.IDSelectorBatch(allowed) if allowed is not None else None
+            params = search_parameters(shard.index, self.manifest.nprobe, self.manifest.ef_search, selector)
+            scores, ids = shard.index.search(query, max(k, self.manifest.rerank), params=params)
+            keep = ids[0] >= 0
+            rows, exact = ids[0][keep], scores[0][keep]
+            if self.manifest.rerank and len(rows):
+                # Exact scores from the stored vectors: compression picks the candidates, not their order.
+                rows = np.sort(rows)  # ascending rows read the memory-mapped file in order
+                exact = np.asarray(shard.vectors[rows], dtype=np.float32) @ query[0]
+            best = np.argsort(-exact, kind="stable")[:k]
+            found += [Candidate(float(exact[i]), number, int(rows[i])) for i in best]
+        found.sort(key=lambda c: (-c.cosine, c.shard, c.row))
+        return found[:k]
+
+    def metadata(self, candidate: Candidate) -> dict[str, Any]:
+        meta = self.shards[candidate.shard].meta
+        return {name: meta.column(name)[candidate.row].as_py() for name in meta.column_names}
+
+
+def exact_kth_scores(index: Index, queries: np.ndarray, k: int) -> np.ndarray:
+    """The k-th best exact score per query over every stored vector (brute force, in chunks)."""
+    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    for shard in index.shards:
+        for start in range(0, len(shard.vectors), 65_536):
+            block = np.asarray(shard.vectors[start : start + 65_536], dtype=np.float32)
+            scores = np.concatenate([best, queries @ block.T], axis=1)
+            best = -np.sort(-scores, axis=1)[:, :k]
+    return best[:, -1]
+
+
+def self_check(
+    folder: str, manifest: IndexManifest, storage_options: dict, queries: int, k: int = 10
+) -> dict:
+    """Recall@k of a built index against exact search, on a seeded sample of its own vectors as queries.
+
+    A result counts as a true neighbour when its exact score reaches the k-th exact score (ties included).
+    """
+    if queries == 0:
+        return {"queries": 0}
+    index = Index.load(local_folder(folder, manifest, storage_options), manifest)
+    sizes = [len(shard.vectors) for shard in index.shards]
+    picks = np.random.default_rng(0).choice(sum(sizes), size=min(queries, sum(sizes)), replace=False)
+    offsets = np.cumsum([0, *sizes])
+    shard_of = np.searchsorted(offsets, picks, side="right") - 1
+    sample = np.stack(
+        [
+            np.asarray(index.shards[s].vectors[p - offsets[s]], np.float32)
+            for s, p in zip(shard_of, picks, strict=True)
+        ]
+    )
+    kth = exact_kth_scores(index, sample, k)
+    hits = []
+    for query, threshold in zip(sample, kth, strict=True):
+        # Score the results from the same stored vectors as the truth, so both sides round alike.
+        found = index.nearest(query, k)
+        scores = [float(np.asarray(index.shards[c.shard].vectors[c.row], np.float32) @ query) for c in found]
+        hits.append(sum(score >= threshold - 1e-6 for score in scores) / k)
+    return {"queries": len(sample), "k": k, "recall_at_k": round(float(np.mean(hits)), 4)}

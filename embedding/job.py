@@ -1,0 +1,221 @@
+"""`embedding run`: the whole job for one config, from manifest to committed units, summary and index.
+
+Everything that can be wrong with the config, the manifest's layout or the model version is checked here
+first, before Ray starts or any row is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from embedding.config import Config
+from embedding.errors import ConfigError
+from embedding.images import ImageLimits, Preprocess
+from embedding.manifest import ManifestFile, detect_kind, find_files, plan_units
+from embedding.models import check_available
+from embedding.models.loading import expected_sha256, file_sha256, preprocess_for
+from embedding.models.registry import locate_weights
+from embedding.outputs import Partition, recover_overwrites, replace_with, shadow_partition
+from embedding.pipeline import DecodeSettings, ReadSettings, StageSettings, run_stream
+from embedding.plan import make_plan
+from embedding.sink import OutputSchemas, Sink, file_metadata
+from embedding.sources import SourceSettings
+from embedding.summary import build_summary, new_run_id, package_versions, save_config, save_summary
+from embedding.text import TextLimits
+
+log = logging.getLogger(__name__)
+
+RESERVED = {
+    "image_id",
+    "text_id",
+    "embedding",
+    "model_version",
+    "uri",
+    "width",
+    "height",
+    "content_sha256",
+    "text",
+}
+
+
+@dataclass
+class Prepared:
+    """A checked job: what to read, what it becomes, and where it goes."""
+
+    cfg: Config
+    kind: str
+    files: list[ManifestFile]
+    carried: list[pa.Field]
+    prep: Preprocess
+
+
+def _carried_fields(cfg: Config, files: list[ManifestFile]) -> list[pa.Field]:
+    explicit = "carry_columns" in cfg.input.model_fields_set
+    fields = []
+    for name in cfg.input.carry_columns:
+        if name in RESERVED:
+            raise ConfigError(
+                f"input.carry_columns: '{name}' is an output column of its own and cannot be carried"
+            )
+        types = {str(f.schema.field(name).type) for f in files if name in f.schema.names}
+        if len(types) > 1:
+            raise ConfigError(
+                f"input.carry_columns: '{name}' has different types across manifest files: {types}"
+            )
+        present = [f.schema.field(name) for f in files if name in f.schema.names]
+        if len(present) < len(files):
+            if explicit:
+                missing = next(f.uri for f in files if name not in f.schema.names)
+                raise ConfigError(f"input.carry_columns: manifest {missing} has no column '{name}'")
+            continue  # caption and tags are carried when present
+        fields.append(present[0])
+    return fields
+
+
+def prepare(cfg: Config) -> Prepared:
+    """All start-time checks: model version and weights, manifest files and columns. Raises ConfigError."""
+    spec = check_available(cfg.model.version, cfg.model)
+    files = find_files(cfg.input.manifest, cfg.input.storage_options)
+    kind = detect_kind(files, cfg.input.kind)
+    prep = preprocess_for(spec)
+    prep = Preprocess(
+        size=prep.size,
+        interpolation=prep.interpolation,
+        resize_mode=prep.resize_mode,
+        mean=prep.mean,
+        std=prep.std,
+        alpha_background=tuple(cfg.preprocess.alpha_background),
+        draft_gap=cfg.preprocess.draft_gap,
+    )
+    return Prepared(cfg, kind, files, _carried_fields(cfg, files), prep)
+
+
+def connect_ray(cfg: Config) -> None:
+    """Join the cluster named by the config or RAY_ADDRESS, or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=True)
+        return
+    memory = cfg.ray.object_store_memory_mb
+    ray.init(
+        num_cpus=cfg.ray.num_cpus,
+        num_gpus=cfg.ray.num_gpus,
+        object_store_memory=memory * 1024 * 1024 if memory else None,
+        include_dashboard=False,
+    )
+
+
+def _gpus_per_actor(cfg: Config) -> float:
+    import ray
+
+    if cfg.inference.num_gpus_per_actor is not None:
+        return cfg.inference.num_gpus_per_actor
+    if cfg.inference.device == "cpu":
+        return 0.0
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _metadata(job: Prepared, run_id: str) -> dict[str, str]:
+    cfg = job.cfg
+    spec = check_available(cfg.model.version, cfg.model)
+    location = locate_weights(cfg.model.version, spec)
+    sha = expected_sha256(spec, location.path) or (file_sha256(location.path) if location.path else None)
+    return file_metadata(
+        {
+            "model_version": cfg.model.version,
+            "architecture": spec.architecture,
+            "weights": spec.weights or "",
+            "weights_sha256": sha or "",
+            "embedding_dim": spec.dim,
+            "preprocess": job.prep.__dict__,
+            "precision": cfg.inference.precision,
+            "package_version": package_versions()["embedding"],
+            "run_id": run_id,
+            "kind": job.kind,
+        }
+    )
+
+
+def _settings(job: Prepared, gpus: float) -> StageSettings:
+    cfg = job.cfg
+    names = set().union(*(f.schema.names for f in job.files))
+    read = ReadSettings(
+        kind=job.kind,
+        carried=[f.name for f in job.carried],
+        has_uri="uri" in names,
+        has_inline="image" in names,
+        storage_options=cfg.input.storage_options,
+    )
+    limits = cfg.limits
+    source = SourceSettings(
+        allowed_schemes=tuple(cfg.input.allowed_schemes),
+        max_bytes=limits.max_image_bytes,
+        fetch=cfg.fetch,
+        storage_options=cfg.input.storage_options,
+    )
+    return StageSettings(
+        kind=job.kind,
+        version=cfg.model.version,
+        read=read,
+        decode=DecodeSettings(source, job.prep, ImageLimits(limits.min_image_side, limits.max_image_side)),
+        text_limits=TextLimits(limits.min_text_words, limits.max_text_words),
+        num_gpus_per_actor=gpus,
+    )
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Run the job for a config; returns the summary (also saved as summary.json)."""
+    started = time.time()
+    job = prepare(cfg)
+    run_id = new_run_id()
+    save_config(cfg, run_id)
+    spec = check_available(cfg.model.version, cfg.model)
+    target = Partition(cfg.output.root, job.kind, cfg.model.version, cfg.output.storage_options)
+    recover_overwrites(target)
+    partition = shadow_partition(target, run_id) if cfg.run.mode == "overwrite" else target
+    rolled, dropped = partition.recover()
+    if rolled or dropped:
+        log.info(
+            "recovered an interrupted run: %d units rolled forward, %d partial units dropped", rolled, dropped
+        )
+    markers = partition.markers()
+    units = plan_units(job.files, cfg.input.unit_rows)
+    plan = make_plan(
+        job.kind, job.files, units, partition, markers, cfg.run.retry_errors, cfg.input.storage_options
+    )
+    schemas = OutputSchemas(
+        job.kind, spec.dim, cfg.output.embedding_dtype, job.carried, _metadata(job, run_id)
+    )
+    sink = Sink(partition, schemas, plan.work, run_id, cfg.output.compression)
+    sink.commit_empty()
+    rounds = {"first": 0, "isolated": 0, "crashed": 0}
+    if plan.reads:
+        connect_ray(cfg)
+        rounds = run_stream(plan.reads, cfg, _settings(job, _gpus_per_actor(cfg)), sink)
+    if sink.work:
+        raise RuntimeError(f"{len(sink.work)} units were not committed; rerun to finish them")
+    if partition is not target:
+        replace_with(target, partition)
+    summary = build_summary(cfg, run_id, job.kind, plan.counts, sink.stats, rounds, started)
+    if cfg.index.enabled and job.kind == "image":
+        from embedding.index.build import build_index
+
+        manifest = build_index(cfg)
+        summary["index"] = {
+            "kind": manifest.kind,
+            "rows": manifest.rows,
+            "build_id": manifest.build_id,
+            "self_check": manifest.self_check,
+        }
+    save_summary(cfg, run_id, summary)
+    return summary

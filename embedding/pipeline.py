@@ -1,0 +1,298 @@
+"""The Ray Data plan: read units -> fetch, validate, decode, resize (CPU tasks) -> encode (actors).
+
+`run_stream` executes the plan and hands every output batch to the sink. When blocks fail for good (a
+worker that keeps dying, a lost node), the rows they held never reach the sink; they are planned again in
+a second round with one row per batch, so a poison row fails alone, and a row that still kills its worker
+in the last round becomes a `WorkerCrashed` error row. No row is lost, none is taken twice.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from embedding.config import Config
+from embedding.encoder import ImageEncodeStage, TextEncodeStage
+from embedding.errors import EmbeddingError, ErrorCode
+from embedding.images import ImageLimits, Preprocess, decode
+from embedding.manifest import IMAGE_ID, TEXT_ID, read_rows, resolve_uri
+from embedding.rows import append_columns, fail_rows, pending_rows, pixels_array, timing_columns
+from embedding.sink import Sink
+from embedding.sources import SourceSettings, check_size, fetch
+from embedding.text import TextLimits, validate_text
+
+log = logging.getLogger(__name__)
+
+READ_CPUS = 0.25  # a read task only parses Parquet row groups
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    kind: str
+    carried: list[str]
+    has_uri: bool
+    has_inline: bool
+    storage_options: dict[str, dict]
+
+
+def read_units(batch: dict[str, np.ndarray], settings: ReadSettings) -> Iterator[pa.Table]:
+    """Read-task descriptors in, one stream table per unit out (rows to process and preset errors)."""
+    for descriptor in batch["task"]:
+        units = json.loads(descriptor)["units"]
+        first, last = units[0], units[-1]
+        id_col, body = (IMAGE_ID, ["uri", "image"]) if settings.kind == "image" else (TEXT_ID, ["text"])
+        present = [c for c in body if c != "uri" or settings.has_uri]
+        present = [c for c in present if c != "image" or settings.has_inline]
+        columns = [id_col, *present, *settings.carried]
+        table = read_rows(
+            first["source_file"], first["start"], last["stop"], columns, settings.storage_options
+        )
+        for unit in units:
+            positions = [r - first["start"] for r in unit["rows"]]
+            yield _stream_rows(table.take(positions), unit, id_col, settings)
+
+
+def _stream_rows(rows: pa.Table, unit: dict[str, Any], id_col: str, settings: ReadSettings) -> pa.Table:
+    n = rows.num_rows
+    preset = [unit["preset"].get(str(r), [None, None, 0]) for r in unit["rows"]]
+    columns: dict[str, pa.Array] = {
+        "unit_id": pa.array([unit["unit_id"]] * n, pa.string()),
+        "source_file": pa.array([unit["source_file"]] * n, pa.string()),
+        "row_index": pa.array(unit["rows"], pa.int64()),
+        "id": rows.column(id_col).cast(pa.string()),
+    }
+    if settings.kind == "image":
+        uris = rows.column("uri").to_pylist() if settings.has_uri else [None] * n
+        columns["uri"] = pa.array([resolve_uri(u, unit["folder"]) if u else None for u in uris], pa.string())
+        if settings.has_inline:
+            columns["image"] = rows.column("image").cast(pa.large_binary())
+    else:
+        columns["text"] = rows.column("text")
+    for name in settings.carried:
+        columns[name] = rows.column(name)
+    columns["error_code"] = pa.array([p[0] for p in preset], pa.string())
+    columns["error_message"] = pa.array([p[1] for p in preset], pa.string())
+    columns["stage"] = pa.array(["manifest" if p[0] else None for p in preset], pa.string())
+    columns["attempts"] = pa.array([p[2] for p in preset], pa.int32())
+    return pa.table(columns)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    source: SourceSettings
+    prep: Preprocess
+    limits: ImageLimits
+
+
+def _fetch_row(
+    row: int, uri: str | None, inline: bytes | None, settings: DecodeSettings, pool: cf.Executor
+) -> tuple[bytes, int]:
+    """The bytes of one row and the fetch attempts made. Raises EmbeddingError."""
+    if inline is not None:
+        check_size(len(inline), settings.source.max_bytes, f"inline image of row {row}")
+        return inline, 0
+    if not uri:
+        raise EmbeddingError(
+            ErrorCode.INVALID_MANIFEST_ROW, "the row has neither a uri nor inline image bytes"
+        )
+    return fetch(uri, settings.source, pool)
+
+
+def decode_images(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
+    """Fetch every pending row (threads: I/O bound) and decode each as it arrives (this task's one CPU).
+
+    Failures become error rows with the stage that failed (fetch or decode) and the attempts made.
+    """
+    started = time.time()
+    n = batch.num_rows
+    pending = pending_rows(batch)
+    uris = batch.column("uri").to_pylist()
+    inline = batch.column("image").to_pylist() if "image" in batch.column_names else [None] * n
+    pixels: list[np.ndarray | None] = [None] * n
+    width, height, sha = [None] * n, [None] * n, [None] * n
+    attempts = [a or 0 for a in batch.column("attempts").to_pylist()]
+    failed: dict[str, dict[int, tuple[ErrorCode, str]]] = {"fetch": {}, "decode": {}}
+    threads = max(1, min(settings.source.fetch.threads, len(pending)))
+    with cf.ThreadPoolExecutor(threads) as pool, cf.ThreadPoolExecutor(threads) as io:
+        futures = {pool.submit(_fetch_row, i, uris[i], inline[i], settings, io): i for i in pending}
+        for future in cf.as_completed(futures):
+            i = futures[future]
+            try:
+                data, tries = future.result()
+            except EmbeddingError as exc:
+                failed["fetch"][i] = (exc.code, exc.message)
+                attempts[i] += exc.attempts
+                continue
+            attempts[i] += tries
+            try:
+                decoded = decode(data, settings.prep, settings.limits)
+            except EmbeddingError as exc:
+                failed["decode"][i] = (exc.code, exc.message)
+                continue
+            pixels[i], width[i], height[i] = decoded.pixels, decoded.width, decoded.height
+            sha[i] = hashlib.sha256(data).hexdigest()
+    for stage, errors in failed.items():
+        batch = fail_rows(batch, errors, stage)
+    if "image" in batch.column_names:
+        batch = batch.drop_columns(["image"])
+    batch = batch.set_column(
+        batch.schema.get_field_index("attempts"), "attempts", pa.array(attempts, pa.int32())
+    )
+    return append_columns(
+        batch,
+        {
+            "width": pa.array(width, pa.int32()),
+            "height": pa.array(height, pa.int32()),
+            "content_sha256": pa.array(sha, pa.string()),
+            "pixels": pixels_array(pixels, settings.prep.size),
+            **timing_columns("decode", n, started, time.time()),
+        },
+    )
+
+
+def check_texts(batch: pa.Table, limits: TextLimits) -> pa.Table:
+    """Validate every pending text against the word limits; failures become InvalidText error rows."""
+    started = time.time()
+    texts = batch.column("text").to_pylist()
+    errors = {}
+    for i in pending_rows(batch):
+        try:
+            validate_text(texts[i], limits)
+        except EmbeddingError as exc:
+            errors[i] = (exc.code, exc.message)
+    batch = fail_rows(batch, errors, "validate")
+    return append_columns(batch, timing_columns("decode", batch.num_rows, started, time.time()))
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Everything the Ray Data plan needs, resolved once in the driver."""
+
+    kind: str
+    version: str
+    read: ReadSettings
+    decode: DecodeSettings | None  # images
+    text_limits: TextLimits | None  # texts
+    num_gpus_per_actor: float
+
+
+def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolate: bool):
+    """The Ray Data plan for some read tasks; `isolate` puts one row in each batch (second round)."""
+    import ray.data
+
+    inference, prep = cfg.inference, cfg.preprocess
+    per_batch = 1 if isolate else prep.batch_size
+    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, min(len(tasks), 2000)))
+    # Reading is light; its own CPU share keeps it a separate operator, so one read task's units fan
+    # out to many decode tasks instead of being decoded in the reader's own task.
+    ds = ds.map_batches(
+        read_units,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs={"settings": settings.read},
+        num_cpus=READ_CPUS,
+    )
+    decode_compute = ray.data.TaskPoolStrategy(size=prep.concurrency) if prep.concurrency else None
+    if settings.kind == "image":
+        ds = ds.map_batches(
+            decode_images,
+            batch_size=per_batch,
+            batch_format="pyarrow",
+            compute=decode_compute,
+            fn_kwargs={"settings": settings.decode},
+            num_cpus=prep.num_cpus,
+        )
+        stage = ImageEncodeStage
+    else:
+        ds = ds.map_batches(
+            check_texts,
+            batch_size=per_batch,
+            batch_format="pyarrow",
+            compute=decode_compute,
+            fn_kwargs={"limits": settings.text_limits},
+            num_cpus=prep.num_cpus,
+        )
+        stage = TextEncodeStage
+    with warnings.catch_warnings():
+        # max_restarts/max_task_retries can only be passed as remote args, which Ray 2.5x marks deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ds.map_batches(
+            stage,
+            fn_constructor_kwargs={
+                "version": settings.version,
+                "model_cfg": cfg.model,
+                "inference": inference,
+            },
+            batch_size=1 if isolate else inference.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=inference.min_actors, max_size=inference.max_actors),
+            num_gpus=settings.num_gpus_per_actor,
+            num_cpus=inference.num_cpus_per_actor,
+            # Ray Data would restart a crashing actor and retry its task forever; a poison row must not.
+            max_restarts=inference.max_restarts,
+            max_task_retries=inference.max_task_retries,
+        )
+
+
+def _drain(ds, sink: Sink) -> None:
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        sink.add(batch)
+
+
+def run_stream(reads: list[dict], cfg: Config, settings: StageSettings, sink: Sink) -> dict[str, int]:
+    """Run the plan into the sink; isolate and account for rows whose blocks failed (module docstring).
+
+    Returns counts of rows per round: {"first": ..., "isolated": ..., "crashed": ...}.
+    """
+    import ray.data
+
+    from embedding.plan import group_tasks, restrict
+
+    report = {"first": sum(len(r["rows"]) for r in reads), "isolated": 0, "crashed": 0}
+    failure: BaseException | None = None
+    try:
+        _drain(build_dataset(group_tasks(reads), cfg, settings, isolate=False), sink)
+    except Exception as exc:  # a block failed for good: its rows are found missing below
+        failure = exc
+        log.warning("some blocks failed (%s); retrying their rows one by one", _brief(exc))
+    missing = {u: rows for u, rows in sink.missing().items() if rows}
+    if not missing:
+        return report
+    retry = restrict(reads, missing)
+    report["isolated"] = sum(len(r["rows"]) for r in retry)
+    context = ray.data.DataContext.get_current()
+    saved = context.max_errored_blocks
+    context.max_errored_blocks = 1 << 30  # a single-row block that fails again is dropped, not fatal
+    try:
+        _drain(build_dataset(group_tasks(retry), cfg, settings, isolate=True), sink)
+    finally:
+        context.max_errored_blocks = saved
+    still = restrict(retry, sink.missing())
+    crashed = sum(len(r["rows"]) for r in still)
+    if crashed and crashed == report["isolated"] and crashed > 1:
+        # Not one row got through on its own: this is no poison row but a broken environment or bug.
+        raise RuntimeError(f"every retried row failed again; first failure: {_brief(failure)}") from failure
+    message = f"the worker failed on this row in every attempt ({_brief(failure)})"
+    for task in group_tasks(still):
+        for table in read_units({"task": np.array([task])}, settings.read):
+            errors = {i: (ErrorCode.WORKER_CRASHED, message) for i in range(table.num_rows)}
+            sink.add(fail_rows(table, errors, "pipeline"))
+    report["crashed"] = crashed
+    return report
+
+
+def _brief(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no error reported"
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"

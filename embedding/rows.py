@@ -1,0 +1,115 @@
+"""The row stream between the pipeline's stages: one Arrow table per batch, plain Arrow types only.
+
+Every manifest row travels as one stream row from reading to the sink, carrying its unit, position and
+either its pixels (later its embedding) or an error. Error rows pass through the later stages untouched,
+so the sink sees each row exactly once.
+
+Columns: unit_id, source_file, row_index, id, uri | text, the carried columns, width, height,
+content_sha256, error_code, error_message, stage, attempts, then pixels (fixed_size_binary of H*W*3 uint8)
+until the encoder replaces it with embedding (fixed_size_list<float32, D>).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding.errors import ErrorCode
+
+ERROR_FIELDS = [
+    pa.field("error_code", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("stage", pa.string()),
+    pa.field("attempts", pa.int32()),
+]
+POSITION_FIELDS = [
+    pa.field("unit_id", pa.string()),
+    pa.field("source_file", pa.string()),
+    pa.field("row_index", pa.int64()),
+    pa.field("id", pa.string()),
+]
+IMAGE_FIELDS = [
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("content_sha256", pa.string()),
+]
+
+
+def pixels_type(size: tuple[int, int]) -> pa.DataType:
+    return pa.binary(size[0] * size[1] * 3)
+
+
+def embedding_type(dim: int, dtype: str = "float32") -> pa.DataType:
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.list_(pa.field("element", value, nullable=False), dim)
+
+
+def pending_rows(batch: pa.Table) -> list[int]:
+    """Positions of rows that have no error (yet)."""
+    return np.flatnonzero(pc.is_null(batch.column("error_code")).to_numpy(zero_copy_only=False)).tolist()
+
+
+def fail_rows(batch: pa.Table, errors: dict[int, tuple[ErrorCode, str]], stage: str) -> pa.Table:
+    """Set the error columns of the given rows (position -> (code, message))."""
+    if not errors:
+        return batch
+    columns = {name: batch.column(name).to_pylist() for name in ("error_code", "error_message", "stage")}
+    for position, (code, message) in errors.items():
+        columns["error_code"][position] = str(code)
+        columns["error_message"][position] = message
+        columns["stage"][position] = stage
+    for name, values in columns.items():
+        batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return batch
+
+
+def pixels_of(batch: pa.Table, size: tuple[int, int]) -> np.ndarray:
+    """The pixels column as an (N, H, W, 3) uint8 array, without copying when the batch is one chunk."""
+    column = batch.column("pixels").combine_chunks()
+    if len(column) == 0:
+        return np.zeros((0, size[0], size[1], 3), np.uint8)
+    width = column.type.byte_width
+    data = np.frombuffer(
+        column.buffers()[1], np.uint8, count=width * len(column), offset=column.offset * width
+    )
+    return data.reshape(len(column), size[0], size[1], 3)
+
+
+def pixels_array(pixels: list[np.ndarray | None], size: tuple[int, int]) -> pa.Array:
+    """Pack per-row pixels (None for error rows, which get zeros) into one fixed-size binary column."""
+    frame = np.zeros((len(pixels), size[0], size[1], 3), np.uint8)
+    for i, p in enumerate(pixels):
+        if p is not None:
+            frame[i] = p
+    return pa.FixedSizeBinaryArray.from_buffers(pixels_type(size), len(pixels), [None, pa.py_buffer(frame)])
+
+
+def with_embeddings(batch: pa.Table, rows: list[int], vectors: np.ndarray, dim: int) -> pa.Table:
+    """Drop the pixels and add the embedding column: the given rows get their vectors, others zeros."""
+    full = np.zeros((batch.num_rows, dim), np.float32)
+    if rows:
+        full[rows] = vectors
+    values = pa.array(full.reshape(-1), pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(values, type=embedding_type(dim))
+    if "pixels" in batch.column_names:
+        batch = batch.drop_columns(["pixels"])
+    return batch.append_column("embedding", column)
+
+
+METRIC_PREFIX = "_m_"
+
+
+def timing_columns(stage: str, n: int, started: float, ended: float) -> dict[str, pa.Array]:
+    """Per-row metric columns: each row's share of the batch's busy time, and the batch's wall span."""
+    return {
+        f"{METRIC_PREFIX}{stage}_s": pa.array(np.full(n, (ended - started) / max(n, 1))),
+        f"{METRIC_PREFIX}{stage}_t0": pa.array(np.full(n, started)),
+        f"{METRIC_PREFIX}{stage}_t1": pa.array(np.full(n, ended)),
+    }
+
+
+def append_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    for name, column in columns.items():
+        batch = batch.append_column(name, column)
+    return batch

@@ -1,0 +1,116 @@
+import io
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from embedding.errors import EmbeddingError, ErrorCode
+from embedding.images import ImageLimits, Preprocess, decode, resize_crop
+from tests import images_factory as f
+
+PREP = Preprocess(size=(224, 224))
+LIMITS = ImageLimits()
+
+
+def reference_pixels(data: bytes, size: int = 224) -> np.ndarray:
+    """open_clip's own eval transform, un-normalised back to uint8 levels."""
+    transform = open_clip.image_transform(size, is_train=False)
+    tensor = transform(Image.open(io.BytesIO(data)))
+    mean = torch.tensor(PREP.mean).view(3, 1, 1)
+    std = torch.tensor(PREP.std).view(3, 1, 1)
+    return ((tensor * std + mean) * 255).round().clamp(0, 255).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("side", [90, 300, 1200, 2600])
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_pixels_match_open_clip_transform(side: int, fmt: str) -> None:
+    image = f.shape_image("orange", "star", seed=side, side=side)
+    data = f.jpeg_bytes(image) if fmt == "jpeg" else f.png_bytes(image)
+    ours = decode(data, PREP, LIMITS).pixels.astype(np.float64)
+    mad = np.abs(ours - reference_pixels(data)).mean()
+    assert mad <= 3.0, f"mean absolute difference {mad:.2f} levels"
+
+
+def test_output_is_uint8_of_model_size_and_reports_original_size() -> None:
+    image = f.shape_image(side=300).resize((400, 300))
+    decoded = decode(f.png_bytes(image), Preprocess(size=(64, 64)), LIMITS)
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == (64, 64, 3)
+    assert (decoded.width, decoded.height) == (400, 300)
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = f.shape_image("red", "triangle", side=200).resize((240, 160))
+    upright = decode(f.jpeg_bytes(image), PREP, LIMITS)
+    rotated = decode(f.exif_rotated_jpeg(image), PREP, LIMITS)
+    assert (rotated.width, rotated.height) == (240, 160)
+    assert np.abs(upright.pixels.astype(int) - rotated.pixels.astype(int)).mean() < 4
+
+
+def test_cmyk_jpeg_keeps_its_colours() -> None:
+    image = f.shape_image("blue", "square", side=200)
+    rgb = decode(f.jpeg_bytes(image), PREP, LIMITS).pixels.astype(int)
+    cmyk = decode(f.cmyk_jpeg(image), PREP, LIMITS).pixels.astype(int)
+    assert np.abs(rgb - cmyk).mean() < 12
+
+
+def test_16_bit_png_is_scaled_not_clipped() -> None:
+    image = f.shape_image("green", "heart", side=200)
+    grey8 = np.asarray(image.convert("L").resize((224, 224), Image.Resampling.BICUBIC), dtype=int)
+    decoded = decode(f.png16(image), PREP, LIMITS).pixels.astype(int)
+    assert np.abs(decoded[..., 0] - grey8).mean() < 3
+
+
+def test_transparent_palette_png_is_composited_on_white() -> None:
+    image = f.shape_image("purple", "cross", side=200)
+    decoded = decode(f.palette_png_with_transparency(image), PREP, LIMITS).pixels
+    top = decoded[:40]  # transparent rows
+    assert top.mean() > 250
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    red = Image.new("RGB", (64, 64), (230, 20, 20))
+    blue = Image.new("RGB", (64, 64), (20, 20, 230))
+    pixels = decode(f.animated_gif([red, blue]), PREP, LIMITS).pixels.astype(int)
+    assert pixels[..., 0].mean() > 180 and pixels[..., 2].mean() < 60
+
+
+def test_webp_and_grayscale_decode() -> None:
+    image = f.shape_image("yellow", "circle", side=150)
+    assert decode(f.webp(image), PREP, LIMITS).pixels.shape == (224, 224, 3)
+    assert decode(f.png_bytes(image.convert("L")), PREP, LIMITS).pixels.shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", ErrorCode.INVALID_IMAGE_FORMAT),
+        (b"this is a text file, not an image\n" * 20, ErrorCode.INVALID_IMAGE_FORMAT),
+        (f.jpeg_bytes(f.shape_image(side=400))[:3000], ErrorCode.INVALID_IMAGE_FORMAT),
+        (f.png_bytes(Image.new("RGB", (5, 5))), ErrorCode.INVALID_IMAGE_DIMENSION),
+        (f.png_bytes(Image.new("RGB", (16001, 12))), ErrorCode.INVALID_IMAGE_DIMENSION),
+        (f.png_bytes(Image.new("RGB", (10, 200))), ErrorCode.INVALID_IMAGE_DIMENSION),
+        (f.png_bytes(Image.new("RGB", (200, 16000))), ErrorCode.INVALID_IMAGE_DIMENSION),
+    ],
+    ids=["empty", "text", "truncated-jpeg", "5x5", "16001x12", "side-10", "side-16000"],
+)
+def test_bad_images_raise_their_code(data: bytes, code: ErrorCode) -> None:
+    with pytest.raises(EmbeddingError) as info:
+        decode(data, PREP, LIMITS)
+    assert info.value.code == code
+
+
+def test_dimension_limits_are_exclusive_and_configurable() -> None:
+    ok = f.png_bytes(Image.new("RGB", (11, 15999)))
+    assert decode(ok, PREP, LIMITS).pixels.shape == (224, 224, 3)
+    with pytest.raises(EmbeddingError):
+        decode(ok, PREP, ImageLimits(min_side=20, max_side=16000))
+
+
+def test_resize_modes() -> None:
+    wide = Image.new("RGB", (200, 100), (255, 0, 0))
+    padded = resize_crop(wide, Preprocess(size=(64, 64), resize_mode="longest", fill_color=0))
+    assert padded[0, 32].tolist() == [0, 0, 0] and padded[32, 32].tolist() == [255, 0, 0]
+    squashed = resize_crop(wide, Preprocess(size=(64, 64), resize_mode="squash"))
+    assert squashed.shape == (64, 64, 3) and squashed.min(axis=(0, 1)).tolist() == [255, 0, 0]
