@@ -96,8 +96,12 @@ class InferenceConfig(Section):
     num_gpus_per_actor: float | None = Field(default=None, ge=0)  # None: 1 when the cluster has GPUs
     num_cpus_per_actor: float = Field(default=1.0, ge=0)
     torch_threads: int | None = Field(default=None, ge=1)  # CPU inference threads per actor
-    max_restarts: int = Field(default=2, ge=0)  # encoder actor restarts after a crash
+    # A crashed encoder actor is always replaced; the batch that crashed it is retried this many times,
+    # then its rows are retried one by one, and a row that still crashes becomes a WorkerCrashed error.
     max_task_retries: int = Field(default=2, ge=0)
+    # "module:Class" of an encoder stage to use instead of the built-in one (a subclass of it, say, that
+    # adds post-processing); it must be importable on every node.
+    stage_class: str | None = None
 
     @model_validator(mode="after")
     def _actors(self) -> InferenceConfig:

@@ -22,7 +22,7 @@ from embedding.models import check_available
 from embedding.models.loading import expected_sha256, file_sha256, preprocess_for
 from embedding.models.registry import locate_weights
 from embedding.outputs import Partition, recover_overwrites, replace_with, shadow_partition
-from embedding.pipeline import DecodeSettings, ReadSettings, StageSettings, run_stream
+from embedding.pipeline import DecodeSettings, ReadSettings, StageSettings, load_stage_class, run_stream
 from embedding.plan import make_plan
 from embedding.sink import OutputSchemas, Sink, file_metadata
 from embedding.sources import SourceSettings
@@ -93,6 +93,8 @@ def prepare(cfg: Config) -> Prepared:
         alpha_background=tuple(cfg.preprocess.alpha_background),
         draft_gap=cfg.preprocess.draft_gap,
     )
+    if cfg.inference.stage_class:
+        load_stage_class(cfg.inference.stage_class)
     return Prepared(cfg, kind, files, _carried_fields(cfg, files), prep)
 
 

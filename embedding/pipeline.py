@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from embedding.config import Config
 from embedding.encoder import ImageEncodeStage, TextEncodeStage
-from embedding.errors import EmbeddingError, ErrorCode
+from embedding.errors import ConfigError, EmbeddingError, ErrorCode
 from embedding.images import ImageLimits, Preprocess, decode
 from embedding.manifest import IMAGE_ID, TEXT_ID, read_rows, resolve_uri
 from embedding.rows import append_columns, fail_rows, pending_rows, pixels_array, timing_columns
@@ -192,7 +192,10 @@ def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolat
 
     inference, prep = cfg.inference, cfg.preprocess
     per_batch = 1 if isolate else prep.batch_size
-    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, min(len(tasks), 2000)))
+    # Isolating, every task holds one row and gets a block of its own: Ray Data hands whole blocks to
+    # tasks (and merges small outputs), so only one-row blocks put each row into a task of its own.
+    blocks = len(tasks) if isolate else min(len(tasks), 2000)
+    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, blocks))
     # Reading is light; its own CPU share keeps it a separate operator, so one read task's units fan
     # out to many decode tasks instead of being decoded in the reader's own task.
     ds = ds.map_batches(
@@ -202,27 +205,20 @@ def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolat
         fn_kwargs={"settings": settings.read},
         num_cpus=READ_CPUS,
     )
-    decode_compute = ray.data.TaskPoolStrategy(size=prep.concurrency) if prep.concurrency else None
     if settings.kind == "image":
-        ds = ds.map_batches(
-            decode_images,
-            batch_size=per_batch,
-            batch_format="pyarrow",
-            compute=decode_compute,
-            fn_kwargs={"settings": settings.decode},
-            num_cpus=prep.num_cpus,
-        )
-        stage = ImageEncodeStage
+        prepare, kwargs, stage = decode_images, {"settings": settings.decode}, ImageEncodeStage
     else:
-        ds = ds.map_batches(
-            check_texts,
-            batch_size=per_batch,
-            batch_format="pyarrow",
-            compute=decode_compute,
-            fn_kwargs={"limits": settings.text_limits},
-            num_cpus=prep.num_cpus,
-        )
-        stage = TextEncodeStage
+        prepare, kwargs, stage = check_texts, {"limits": settings.text_limits}, TextEncodeStage
+    ds = ds.map_batches(
+        prepare,
+        batch_size=per_batch,
+        batch_format="pyarrow",
+        compute=ray.data.TaskPoolStrategy(size=prep.concurrency) if prep.concurrency else None,
+        fn_kwargs=kwargs,
+        num_cpus=prep.num_cpus,
+    )
+    if inference.stage_class:
+        stage = load_stage_class(inference.stage_class)
     with warnings.catch_warnings():
         # max_restarts/max_task_retries can only be passed as remote args, which Ray 2.5x marks deprecated.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -235,13 +231,31 @@ def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolat
             },
             batch_size=1 if isolate else inference.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=inference.min_actors, max_size=inference.max_actors),
+            compute=ray.data.ActorPoolStrategy(
+                min_size=inference.min_actors,
+                max_size=inference.max_actors,
+                # One batch in flight per actor when isolating: a crash then fails the poison row's
+                # batch alone, not the batches queued behind it.
+                max_tasks_in_flight_per_actor=1 if isolate else None,
+            ),
             num_gpus=settings.num_gpus_per_actor,
             num_cpus=inference.num_cpus_per_actor,
-            # Ray Data would restart a crashing actor and retry its task forever; a poison row must not.
-            max_restarts=inference.max_restarts,
+            # Restart crashed actors always (a lost node, a poison row), but retry their batch a bounded
+            # number of times: Ray Data's default retries it forever, and a poison row would never end.
+            max_restarts=-1,
             max_task_retries=inference.max_task_retries,
         )
+
+
+def load_stage_class(path: str) -> type:
+    """Import "module:Class"; raises ConfigError when it cannot be found."""
+    import importlib
+
+    module_name, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"inference.stage_class: cannot import {path!r}: {exc}") from exc
 
 
 def _drain(ds, sink: Sink) -> None:
@@ -252,47 +266,43 @@ def _drain(ds, sink: Sink) -> None:
 def run_stream(reads: list[dict], cfg: Config, settings: StageSettings, sink: Sink) -> dict[str, int]:
     """Run the plan into the sink; isolate and account for rows whose blocks failed (module docstring).
 
-    Returns counts of rows per round: {"first": ..., "isolated": ..., "crashed": ...}.
+    Failed blocks never abort a round (Ray Data drops them once their retries are spent, and restarts
+    crashed actors); their rows are simply missing from the sink afterwards. Returns rows per round.
     """
     import ray.data
 
     from embedding.plan import group_tasks, restrict
 
-    report = {"first": sum(len(r["rows"]) for r in reads), "isolated": 0, "crashed": 0}
-    failure: BaseException | None = None
-    try:
-        _drain(build_dataset(group_tasks(reads), cfg, settings, isolate=False), sink)
-    except Exception as exc:  # a block failed for good: its rows are found missing below
-        failure = exc
-        log.warning("some blocks failed (%s); retrying their rows one by one", _brief(exc))
-    missing = {u: rows for u, rows in sink.missing().items() if rows}
-    if not missing:
-        return report
-    retry = restrict(reads, missing)
-    report["isolated"] = sum(len(r["rows"]) for r in retry)
     context = ray.data.DataContext.get_current()
     saved = context.max_errored_blocks
-    context.max_errored_blocks = 1 << 30  # a single-row block that fails again is dropped, not fatal
+    context.max_errored_blocks = 1 << 30
     try:
-        _drain(build_dataset(group_tasks(retry), cfg, settings, isolate=True), sink)
+        report = {"first": sum(len(r["rows"]) for r in reads), "isolated": 0, "crashed": 0}
+        _drain(build_dataset(group_tasks(reads), cfg, settings, isolate=False), sink)
+        retry = restrict(reads, sink.missing())
+        report["isolated"] = missing = sum(len(r["rows"]) for r in retry)
+        if not missing:
+            return report
+        if missing > max(100, report["first"] // 2):
+            # Not a poison row but a broken environment or a bug: fail, and let a rerun redo the units.
+            raise RuntimeError(
+                f"{missing} of {report['first']} rows failed in the pipeline; see the Ray Data logs"
+            )
+        log.warning("%d rows were in failed blocks; retrying them one by one", missing)
+        one_row_tasks = [
+            json.dumps({"units": [{**unit, "rows": [row]}]}) for unit in retry for row in unit["rows"]
+        ]
+        _drain(build_dataset(one_row_tasks, cfg, settings, isolate=True), sink)
     finally:
         context.max_errored_blocks = saved
     still = restrict(retry, sink.missing())
     crashed = sum(len(r["rows"]) for r in still)
-    if crashed and crashed == report["isolated"] and crashed > 1:
-        # Not one row got through on its own: this is no poison row but a broken environment or bug.
-        raise RuntimeError(f"every retried row failed again; first failure: {_brief(failure)}") from failure
-    message = f"the worker failed on this row in every attempt ({_brief(failure)})"
+    if crashed and crashed == missing and crashed > 1:
+        raise RuntimeError(f"all {crashed} rows retried one by one failed again; see the Ray Data logs")
+    message = "the worker failed on this row in every attempt (a crash or an error; see the Ray Data logs)"
     for task in group_tasks(still):
         for table in read_units({"task": np.array([task])}, settings.read):
             errors = {i: (ErrorCode.WORKER_CRASHED, message) for i in range(table.num_rows)}
             sink.add(fail_rows(table, errors, "pipeline"))
     report["crashed"] = crashed
     return report
-
-
-def _brief(exc: BaseException | None) -> str:
-    if exc is None:
-        return "no error reported"
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"

@@ -1,0 +1,37 @@
+"""Encoder stages with a planted poison row, for fault tests (used through inference.stage_class)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from embedding.encoder import ImageEncodeStage
+
+POISON_ID = "poison"
+
+
+class RaisingStage(ImageEncodeStage):
+    """The model raises whenever the poison row is among the rows it encodes."""
+
+    def _inputs(self, batch: pa.Table, rows: list[int]) -> Callable[[list[int]], np.ndarray]:
+        encode = super()._inputs(batch, rows)
+        ids = batch.column("id").to_pylist()
+
+        def guarded(picked: list[int]) -> np.ndarray:
+            if any(ids[i] == POISON_ID for i in picked):
+                raise RuntimeError("planted poison row")
+            return encode(picked)
+
+        return guarded
+
+
+class CrashingStage(ImageEncodeStage):
+    """The encoder process dies whenever a batch holds the poison row."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if POISON_ID in batch.column("id").to_pylist():
+            os._exit(1)
+        return super().__call__(batch)
