@@ -25,7 +25,8 @@ class RunConfig(Section):
 
 
 class RayConfig(Section):
-    # None: RAY_ADDRESS if set, else a local Ray started by the job. "local" forces a local Ray.
+    # None or "local": a new local Ray started by the job; "auto": the cluster this machine belongs to;
+    # or a cluster's address. RAY_ADDRESS (set by `ray job submit`) wins over this key.
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)  # local Ray only
     num_gpus: int | None = Field(default=None, ge=0)  # local Ray only

@@ -104,12 +104,13 @@ def connect_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
     if address and address != "local":
         ray.init(address=address, log_to_driver=True)
         return
     memory = cfg.ray.object_store_memory_mb
     ray.init(
+        address="local",  # a new local Ray, never a cluster that `ray start` left on this machine
         num_cpus=cfg.ray.num_cpus,
         num_gpus=cfg.ray.num_gpus,
         object_store_memory=memory * 1024 * 1024 if memory else None,

@@ -27,7 +27,6 @@ class ManifestFile:
     version: str  # size and etag/mtime: a changed file gets new unit ids
     num_rows: int
     schema: pa.Schema
-    row_groups: tuple[int, ...]  # rows per row group
 
     @property
     def folder(self) -> str:
@@ -78,10 +77,9 @@ def find_files(patterns: list[str], storage_options: dict[str, dict]) -> list[Ma
                     meta = pq.ParquetFile(f).metadata
                     schema = meta.schema.to_arrow_schema()
                     num_rows = meta.num_rows
-                    groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
             except Exception as exc:
                 raise ConfigError(f"input.manifest: {uri} is not a readable Parquet file: {exc}") from exc
-            files.append(ManifestFile(uri, version, num_rows, schema, groups))
+            files.append(ManifestFile(uri, version, num_rows, schema))
     return files
 
 
@@ -156,13 +154,3 @@ def resolve_uri(uri: str, manifest_folder: str) -> str:
         return uri
     joined = posixpath.join(manifest_folder, uri)
     return joined if "://" in manifest_folder else posixpath.normpath(joined)
-
-
-def row_group_end(file: ManifestFile, row: int) -> int:
-    """The first row after the row group that holds `row`."""
-    end = 0
-    for n in file.row_groups:
-        end += n
-        if end > row:
-            return end
-    return file.num_rows

@@ -33,8 +33,6 @@ from embedding.text import TextLimits, validate_text
 
 log = logging.getLogger(__name__)
 
-READ_CPUS = 0.25  # a read task only parses Parquet row groups
-
 
 @dataclass(frozen=True)
 class ReadSettings:
@@ -46,20 +44,20 @@ class ReadSettings:
 
 
 def read_units(batch: dict[str, np.ndarray], settings: ReadSettings) -> Iterator[pa.Table]:
-    """Read-task descriptors in, one stream table per unit out (rows to process and preset errors)."""
+    """Unit descriptors (JSON) in, one stream table per unit out: its rows to process and preset errors.
+
+    One unit per read task on purpose: Ray Data merges the small outputs of a task into one block and
+    hands whole blocks to the next stage, so the unit is the grain of parallelism and of streaming.
+    """
+    id_col, body = (IMAGE_ID, ["uri", "image"]) if settings.kind == "image" else (TEXT_ID, ["text"])
+    present = [c for c in body if c != "uri" or settings.has_uri]
+    present = [c for c in present if c != "image" or settings.has_inline]
+    columns = [id_col, *present, *settings.carried]
     for descriptor in batch["task"]:
-        units = json.loads(descriptor)["units"]
-        first, last = units[0], units[-1]
-        id_col, body = (IMAGE_ID, ["uri", "image"]) if settings.kind == "image" else (TEXT_ID, ["text"])
-        present = [c for c in body if c != "uri" or settings.has_uri]
-        present = [c for c in present if c != "image" or settings.has_inline]
-        columns = [id_col, *present, *settings.carried]
-        table = read_rows(
-            first["source_file"], first["start"], last["stop"], columns, settings.storage_options
-        )
-        for unit in units:
-            positions = [r - first["start"] for r in unit["rows"]]
-            yield _stream_rows(table.take(positions), unit, id_col, settings)
+        unit = json.loads(descriptor)
+        table = read_rows(unit["source_file"], unit["start"], unit["stop"], columns, settings.storage_options)
+        positions = [r - unit["start"] for r in unit["rows"]]
+        yield _stream_rows(table.take(positions), unit, id_col, settings)
 
 
 def _stream_rows(rows: pa.Table, unit: dict[str, Any], id_col: str, settings: ReadSettings) -> pa.Table:
@@ -192,18 +190,15 @@ def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolat
 
     inference, prep = cfg.inference, cfg.preprocess
     per_batch = 1 if isolate else prep.batch_size
-    # Isolating, every task holds one row and gets a block of its own: Ray Data hands whole blocks to
-    # tasks (and merges small outputs), so only one-row blocks put each row into a task of its own.
-    blocks = len(tasks) if isolate else min(len(tasks), 2000)
-    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, blocks))
-    # Reading is light; its own CPU share keeps it a separate operator, so one read task's units fan
-    # out to many decode tasks instead of being decoded in the reader's own task.
+    # One descriptor per block: Ray Data hands whole blocks to tasks and merges a task's outputs, so a
+    # block per unit (or per row, when isolating) is what keeps units apart downstream.
+    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, len(tasks)))
     ds = ds.map_batches(
         read_units,
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"settings": settings.read},
-        num_cpus=READ_CPUS,
+        num_cpus=prep.num_cpus,
     )
     if settings.kind == "image":
         prepare, kwargs, stage = decode_images, {"settings": settings.decode}, ImageEncodeStage
@@ -271,14 +266,14 @@ def run_stream(reads: list[dict], cfg: Config, settings: StageSettings, sink: Si
     """
     import ray.data
 
-    from embedding.plan import group_tasks, restrict
+    from embedding.plan import restrict
 
     context = ray.data.DataContext.get_current()
     saved = context.max_errored_blocks
     context.max_errored_blocks = 1 << 30
     try:
         report = {"first": sum(len(r["rows"]) for r in reads), "isolated": 0, "crashed": 0}
-        _drain(build_dataset(group_tasks(reads), cfg, settings, isolate=False), sink)
+        _drain(build_dataset([json.dumps(unit) for unit in reads], cfg, settings, isolate=False), sink)
         retry = restrict(reads, sink.missing())
         report["isolated"] = missing = sum(len(r["rows"]) for r in retry)
         if not missing:
@@ -289,9 +284,7 @@ def run_stream(reads: list[dict], cfg: Config, settings: StageSettings, sink: Si
                 f"{missing} of {report['first']} rows failed in the pipeline; see the Ray Data logs"
             )
         log.warning("%d rows were in failed blocks; retrying them one by one", missing)
-        one_row_tasks = [
-            json.dumps({"units": [{**unit, "rows": [row]}]}) for unit in retry for row in unit["rows"]
-        ]
+        one_row_tasks = [json.dumps({**unit, "rows": [row]}) for unit in retry for row in unit["rows"]]
         _drain(build_dataset(one_row_tasks, cfg, settings, isolate=True), sink)
     finally:
         context.max_errored_blocks = saved
@@ -300,8 +293,8 @@ def run_stream(reads: list[dict], cfg: Config, settings: StageSettings, sink: Si
     if crashed and crashed == missing and crashed > 1:
         raise RuntimeError(f"all {crashed} rows retried one by one failed again; see the Ray Data logs")
     message = "the worker failed on this row in every attempt (a crash or an error; see the Ray Data logs)"
-    for task in group_tasks(still):
-        for table in read_units({"task": np.array([task])}, settings.read):
+    for unit in still:
+        for table in read_units({"task": np.array([json.dumps(unit)])}, settings.read):
             errors = {i: (ErrorCode.WORKER_CRASHED, message) for i in range(table.num_rows)}
             sink.add(fail_rows(table, errors, "pipeline"))
     report["crashed"] = crashed

@@ -11,7 +11,6 @@ Rows that fail here still travel through the stream as error rows, so the sink a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding.errors import TRANSIENT_CODES, ErrorCode
-from embedding.manifest import IMAGE_ID, TEXT_ID, ManifestFile, Unit, read_column, row_group_end
+from embedding.manifest import IMAGE_ID, TEXT_ID, ManifestFile, Unit, read_column
 from embedding.outputs import Partition
 from embedding.sink import UnitWork
 
@@ -42,7 +41,7 @@ class Plan:
     kind: str
     units: list[Unit]
     work: dict[str, UnitWork]
-    reads: list[dict]  # one descriptor per unit with rows to read (see pipeline.read_units)
+    reads: list[dict]  # one descriptor per unit with rows to read: a read task (see pipeline.read_units)
     counts: PlanCounts = field(default_factory=PlanCounts)
 
 
@@ -99,28 +98,11 @@ def _descriptor(unit: Unit, rows: list[int], preset: dict[int, list]) -> dict:
         "unit_id": unit.unit_id,
         "source_file": unit.file.uri,
         "folder": unit.file.folder,
-        "group_end": row_group_end(unit.file, unit.start),
         "start": unit.start,
         "stop": unit.stop,
         "rows": rows,
         "preset": {str(k): v for k, v in preset.items()},
     }
-
-
-def group_tasks(reads: list[dict]) -> list[str]:
-    """Group consecutive unit descriptors of one file into read tasks (JSON) that each read the row
-    groups they need about once: a task ends once it reaches the end of its first unit's row group."""
-    tasks, current = [], []
-    for unit in reads:
-        if current and (
-            unit["source_file"] != current[0]["source_file"] or unit["start"] >= current[0]["group_end"]
-        ):
-            tasks.append(json.dumps({"units": current}))
-            current = []
-        current.append(unit)
-    if current:
-        tasks.append(json.dumps({"units": current}))
-    return tasks
 
 
 def restrict(reads: list[dict], missing: dict[str, set[int]]) -> list[dict]:

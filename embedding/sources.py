@@ -82,10 +82,23 @@ def _filesystem(scheme: str, settings: SourceSettings) -> fsspec.AbstractFileSys
 def _read_once(uri: str, scheme: str, settings: SourceSettings) -> bytes:
     fs = _filesystem(scheme, settings)
     path = uri if scheme != "file" else uri.removeprefix("file://")
-    # block_size=0 streams HTTP bodies instead of range requests; everywhere, read no more than limit + 1.
-    kwargs = {"block_size": 0} if scheme in ("http", "https") else {}
+    # HTTP: stream the body with one GET (block_size=0); the dummy size skips fsspec's HEAD probe, which
+    # would report any failure (a 503 too) as a missing file.
+    kwargs = {"block_size": 0, "size": 1} if scheme in ("http", "https") else {}
     with fs.open(path, "rb", **kwargs) as f:
-        return f.read(settings.max_bytes + 1)
+        return _read_at_most(f, settings.max_bytes + 1)
+
+
+def _read_at_most(f, limit: int) -> bytes:
+    """Read until EOF or `limit` bytes, whichever comes first (streams may return short reads)."""
+    parts, size = [], 0
+    while size < limit:
+        chunk = f.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _classify(exc: BaseException, uri: str) -> EmbeddingError:

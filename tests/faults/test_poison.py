@@ -27,8 +27,8 @@ def poisoned_manifest(folder: Path, sample_dir: Path, n: int = 40) -> Path:
 @pytest.mark.parametrize(
     "stage, code",
     [
-        ("tests.support.poison:RaisingStage", ErrorCode.ENCODE_FAILED),
-        ("tests.support.poison:CrashingStage", ErrorCode.WORKER_CRASHED),
+        ("tests.support.stages:RaisingStage", ErrorCode.ENCODE_FAILED),
+        ("tests.support.stages:CrashingStage", ErrorCode.WORKER_CRASHED),
     ],
     ids=["exception", "killed-process"],
 )

@@ -1,4 +1,4 @@
-"""Encoder stages with a planted poison row, for fault tests (used through inference.stage_class)."""
+"""Encoder stages for fault tests (used through inference.stage_class): poison rows, a slow model."""
 
 from __future__ import annotations
 
@@ -34,4 +34,14 @@ class CrashingStage(ImageEncodeStage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         if POISON_ID in batch.column("id").to_pylist():
             os._exit(1)
+        return super().__call__(batch)
+
+
+class SlowStage(ImageEncodeStage):
+    """A slow model (0.2 s a batch), so a test can act while the encoder runs."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import time
+
+        time.sleep(0.2)
         return super().__call__(batch)

@@ -1,0 +1,53 @@
+"""Losing a worker node of a multi-node cluster mid-run: the job completes and no row is lost or doubled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support.runs import REPO, job_env, outputs, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+def test_remove_a_worker_node_while_the_encoder_runs(tmp_path: Path, sample_dir: Path) -> None:
+    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 256)
+    table = table.set_column(
+        1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
+    )
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(table, manifest)
+    root = tmp_path / "out"
+    config = write_config(
+        tmp_path / "c.yaml",
+        str(manifest),
+        str(root),
+        ray={"address": None, "num_cpus": None},
+        preprocess={"batch_size": 4, "concurrency": 2},
+        inference={"batch_size": 4, "stage_class": "tests.support.stages:SlowStage"},
+    )
+    result = tmp_path / "result.json"
+    process = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "cluster" / "node_loss.py"), str(config), str(result)],
+        env=job_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    outcome = json.loads(result.read_text())
+    assert "error" not in outcome, outcome["error"]
+    assert "removed" in outcome, "the run ended before a node could be removed"
+    assert outcome["removed"]["committed_before"] < 16, "the node was removed after the last unit"
+    assert outcome["removed"]["had_encoder"], outcome["removed"]
+    summary = outcome["summary"]
+    vectors, errors = outputs(root)
+    assert len(vectors) + len(errors) == table.num_rows == summary["rows"]["in"]
+    assert set(vectors) == set(table.column("image_id").to_pylist())

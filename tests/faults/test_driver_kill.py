@@ -1,0 +1,89 @@
+"""SIGKILL the driver at three points of a run; each rerun finishes the job and redoes only uncommitted units."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support.runs import assert_same_outputs, kill_group, outputs, start_run, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+def commits(root: Path) -> dict[str, dict]:
+    folder = root / "_state" / "image" / "model_version=demo" / "commits"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.exists() else {}
+
+
+def staging(root: Path) -> list[Path]:
+    folder = root / "_state" / "image" / "model_version=demo" / "staging"
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+def wait_until(condition, process: subprocess.Popen, timeout: float = 240) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def run_to_end(config: Path, log: Path) -> dict:
+    process = start_run(config, log)
+    try:
+        assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        kill_group(process)
+    root = Path(__import__("yaml").safe_load(config.read_text())["output"]["root"])
+    latest = max((root / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(latest.read_text())
+
+
+def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
+    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 288)
+    table = table.set_column(
+        1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
+    )
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(table, manifest)
+    total = table.num_rows
+    slow = {"concurrency": 1, "batch_size": 4}  # slow enough to be killed in the middle
+    reference = write_config(tmp_path / "ref.yaml", str(manifest), str(tmp_path / "ref"), preprocess=slow)
+    run_to_end(reference, tmp_path / "ref.log")
+
+    root = tmp_path / "out"
+    config = write_config(tmp_path / "run.yaml", str(manifest), str(root), preprocess=slow)
+    units = -(-total // 16)
+    kill_points = {
+        "first write": lambda: bool(staging(root)),  # while the first unit is being written
+        "a third": lambda: len(commits(root)) >= units // 3,
+        "two thirds": lambda: len(commits(root)) >= 2 * units // 3,
+    }
+    # Each run is killed at the next point; the run after it starts from what the killed one left.
+    uncommitted_before = total
+    for name, condition in kill_points.items():
+        before = set(commits(root))
+        process = start_run(config, tmp_path / f"{name}.log")
+        reached = wait_until(condition, process)
+        process.kill()  # SIGKILL of the driver alone
+        process.wait()
+        kill_group(process)  # then the local Ray it started
+        assert reached, f"the run ended before the kill point '{name}'"
+        done = commits(root)
+        redone = sum(m["stop"] - m["start"] for u, m in done.items() if u not in before)
+        assert not before - set(done), "a committed unit disappeared"
+        assert redone <= uncommitted_before, f"the run killed at '{name}' redid {redone} rows"
+        uncommitted_before = total - sum(m["stop"] - m["start"] for m in done.values())
+    summary = run_to_end(config, tmp_path / "final.log")
+    assert summary["rows"]["new"] + summary["rows"]["retried"] <= uncommitted_before
+    assert summary["rows"]["skipped_done"] == total - uncommitted_before
+    vectors, errors = outputs(root)
+    assert len(vectors) + len(errors) == total
+    assert_same_outputs(root, tmp_path / "ref")

@@ -1,0 +1,97 @@
+"""Helpers for tests that run the job in a separate process and compare outputs of two runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, manifest: str, root: str, **sections: dict) -> Path:
+    tree = {
+        "input": {"manifest": manifest, "unit_rows": 16},
+        "output": {"root": root},
+        "model": {"version": "demo"},
+        "ray": {"num_cpus": 2},
+        "inference": {"device": "cpu", "batch_size": 8},
+        "preprocess": {"batch_size": 8},
+        "index": {"enabled": False},
+    }
+    for name, values in sections.items():
+        tree.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def job_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def start_run(config: Path, log: Path) -> subprocess.Popen:
+    """`embedding run CONFIG` in its own process group (so its local Ray can be cleaned up with it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "embedding.cli", "run", str(config)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=job_env(),
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def kill_processes_mentioning(text: str) -> None:
+    """SIGKILL every process whose command line mentions `text` (a Ray head's own temp folder, say)."""
+    import psutil
+
+    doomed = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in part for part in proc.info["cmdline"] or ()):
+                # with its children: Ray's agents rename themselves and would outlive their raylet
+                doomed += [proc, *proc.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in doomed:
+        try:
+            proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
+def outputs(root: Path, version: str = "demo") -> tuple[dict[str, np.ndarray], dict[tuple[str, int], str]]:
+    """(image_id -> vector, (source_file, row_index) -> error code) of a finished output root."""
+    emb = pq.read_table(root / "embeddings" / f"model_version={version}").to_pandas()
+    err = pq.read_table(root / "errors" / f"model_version={version}").to_pandas()
+    assert emb["image_id"].is_unique, "an id was embedded twice"
+    assert not err.duplicated(["source_file", "row_index"]).any(), "a row failed twice"
+    vectors = dict(zip(emb["image_id"], (np.asarray(v, np.float32) for v in emb["embedding"]), strict=True))
+    errors = dict(zip(zip(err["source_file"], err["row_index"], strict=True), err["error_code"], strict=True))
+    return vectors, errors
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    """DESIGN.md's "equal": the same ids in each table, the same codes, cosine >= 0.9999 per id."""
+    vectors_a, errors_a = outputs(a)
+    vectors_b, errors_b = outputs(b)
+    assert set(vectors_a) == set(vectors_b)
+    assert errors_a == errors_b
+    worst = min(float(vectors_a[i] @ vectors_b[i]) for i in vectors_a)
+    assert worst >= 0.9999, f"lowest cosine between the two runs: {worst}"
