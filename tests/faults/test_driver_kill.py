@@ -1,4 +1,4 @@
-"""SIGKILL the driver at three points of a run; each rerun finishes the job and redoes only uncommitted units."""
+"""SIGKILL the driver at three points of a run; each rerun redoes only uncommitted units."""
 
 from __future__ import annotations
 
