@@ -128,16 +128,24 @@ def _resize_plan(width: int, height: int, prep: Preprocess) -> tuple[tuple[int, 
     return (new_w, new_h), (left, top)
 
 
-def resize_crop(image: Image.Image, prep: Preprocess) -> np.ndarray:
-    """Resize and crop (or pad) an RGB image to the model's input size; uint8 (height, width, 3)."""
+def resize_crop(
+    image: Image.Image, prep: Preprocess, full_size: tuple[int, int] | None = None, factor: float = 1.0
+) -> np.ndarray:
+    """Resize and crop (or pad) an RGB image to the model's input size; uint8 (height, width, 3).
+
+    `full_size` and `factor` describe an image decoded at reduced scale: the plan (sizes, rounding, crop)
+    is made on the full-size image, as the reference transform makes it, and mapped onto the reduced one
+    (full-size coordinate x is `x * factor` there), so the crop window falls on exactly the same place.
+    """
     out_h, out_w = prep.size
-    (new_w, new_h), (left, top) = _resize_plan(image.width, image.height, prep)
-    sx, sy = image.width / new_w, image.height / new_h
+    full_w, full_h = full_size or image.size
+    (new_w, new_h), (left, top) = _resize_plan(full_w, full_h, prep)
+    sx, sy = full_w / new_w * factor, full_h / new_h * factor
     # The source region that maps onto the output window; resampling only it gives the same pixels
     # as resizing everything and cropping afterwards, with the same filter support.
     x0, y0 = max(left, 0), max(top, 0)
     x1, y1 = min(left + out_w, new_w), min(top + out_h, new_h)
-    box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+    box = (x0 * sx, y0 * sy, min(x1 * sx, image.width), min(y1 * sy, image.height))
     resample = _RESAMPLE[prep.interpolation]
     region = image.resize((x1 - x0, y1 - y0), resample, box=box)
     if (x1 - x0, y1 - y0) == (out_w, out_h):
@@ -147,19 +155,28 @@ def resize_crop(image: Image.Image, prep: Preprocess) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def _draft(image: Image.Image, prep: Preprocess) -> None:
-    """Ask the JPEG decoder for a reduced DCT scale that still leaves `draft_gap` x the target resolution."""
+def _draft(image: Image.Image, prep: Preprocess) -> float:
+    """Ask the JPEG decoder for a reduced DCT scale that still leaves `draft_gap` x the target resolution.
+
+    Returns the factor from full-size to decoded coordinates (1, 1/2, 1/4 or 1/8).
+    """
     if image.format != "JPEG" or prep.draft_gap <= 0:
-        return
+        return 1.0
     # Plan on both orientations (EXIF may transpose the image later) and keep the larger scale.
     scale = prep.draft_gap * max(
         max(new_w / w, new_h / h)
         for w, h in ((image.width, image.height), (image.height, image.width))
         for (new_w, new_h), _ in [_resize_plan(w, h, prep)]
     )
-    if scale < 1:
-        request = (math.ceil(image.width * scale), math.ceil(image.height * scale))
-        image.draft("RGB" if image.mode == "RGB" else image.mode, request)
+    if scale >= 1:
+        return 1.0
+    full_width = image.width
+    request = (math.ceil(image.width * scale), math.ceil(image.height * scale))
+    drafted = image.draft("RGB" if image.mode == "RGB" else image.mode, request)
+    if drafted is None:  # the decoder declined (an unusual JPEG layout): full scale
+        return 1.0
+    # The decoder's box is the full image in decoded coordinates: exactly full size / DCT scale.
+    return drafted[1][2] / full_width
 
 
 def decode(data: bytes, prep: Preprocess, limits: ImageLimits) -> DecodedImage:
@@ -174,7 +191,7 @@ def decode(data: bytes, prep: Preprocess, limits: ImageLimits) -> DecodedImage:
         orientation = image.getexif().get(0x0112, 1)
         if orientation in (5, 6, 7, 8):
             width, height = height, width
-        _draft(image, prep)
+        factor = _draft(image, prep)
         image.seek(0)  # animated images: the first frame
         image.load()
         if orientation != 1:
@@ -184,4 +201,4 @@ def decode(data: bytes, prep: Preprocess, limits: ImageLimits) -> DecodedImage:
         raise
     except Exception as exc:  # truncated data, corrupt streams, unsupported codecs
         raise EmbeddingError(ErrorCode.INVALID_IMAGE_FORMAT, f"cannot decode image: {exc}") from exc
-    return DecodedImage(pixels=resize_crop(rgb, prep), width=width, height=height)
+    return DecodedImage(pixels=resize_crop(rgb, prep, (width, height), factor), width=width, height=height)

@@ -114,3 +114,38 @@ def test_resize_modes() -> None:
     assert padded[0, 32].tolist() == [0, 0, 0] and padded[32, 32].tolist() == [255, 0, 0]
     squashed = resize_crop(wide, Preprocess(size=(64, 64), resize_mode="squash"))
     assert squashed.shape == (64, 64, 3) and squashed.min(axis=(0, 1)).tolist() == [255, 0, 0]
+
+
+def photo_files() -> list[bytes]:
+    """Real photos shipped with scikit-image, upscaled to 3 MP, as JPEGs."""
+    import skimage.data
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        image = Image.fromarray(getattr(skimage.data, name)()).resize((2000, 1500), Image.Resampling.LANCZOS)
+        out.append(f.jpeg_bytes(image))
+    return out
+
+
+def test_photo_pixels_match_open_clip_transform_within_3_levels() -> None:
+    for data in photo_files():
+        ours = decode(data, PREP, LIMITS).pixels.astype(np.float64)
+        assert np.abs(ours - reference_pixels(data)).mean() <= 3.0
+
+
+def test_photo_embeddings_match_the_reference_path_with_the_demo_model() -> None:
+    from embedding.models import load_model
+
+    loaded = load_model("demo", device="cpu")
+    prep = loaded.preprocess
+    transform = open_clip.image_transform(prep.size[0], is_train=False, mean=prep.mean, std=prep.std)
+    mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
+    files = photo_files()
+    with torch.no_grad():
+        reference = loaded.model.encode_image(
+            torch.stack([transform(Image.open(io.BytesIO(d))) for d in files])
+        )
+        pixels = torch.from_numpy(np.stack([decode(d, prep, LIMITS).pixels for d in files]))
+        ours = loaded.model.encode_image((pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std)
+    cosine = torch.nn.functional.cosine_similarity(reference.float(), ours.float())
+    assert cosine.min() >= 0.995

@@ -188,4 +188,10 @@ def test_output_schema_types_and_metadata(tmp_path: Path, sample_dir: Path, make
     assert set(df["model_version"].astype(str)) == {"demo"} and len(df) == 384
     summary_files = list((root / "runs").glob("*/summary.json"))
     config_files = list((root / "runs").glob("*/config.yaml"))
-    assert summary_files and config_files
+    assert len(summary_files) == 1 and len(config_files) == 1
+    summary = json.loads(summary_files[0].read_text())
+    stages = summary["stages"]
+    assert stages["fetch_decode"]["rows"] == stages["encode"]["rows"] == 384
+    assert all(stages[s]["rows_per_s"] > 0 for s in ("fetch_decode", "encode", "write"))
+    assert stages["encode"]["wait_s"] >= 0 and summary["rows_per_s"] > 0
+    assert set(summary["versions"]) >= {"ray", "torch", "open_clip_torch"}
