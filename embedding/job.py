@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from embedding.config import Config
+from embedding.config import Config, ModelVersionSpec
 from embedding.errors import ConfigError
 from embedding.images import ImageLimits, Preprocess
 from embedding.manifest import ManifestFile, detect_kind, find_files, plan_units
@@ -49,6 +49,7 @@ class Prepared:
     """A checked job: what to read, what it becomes, and where it goes."""
 
     cfg: Config
+    spec: ModelVersionSpec
     kind: str
     files: list[ManifestFile]
     carried: list[pa.Field]
@@ -95,7 +96,7 @@ def prepare(cfg: Config) -> Prepared:
     )
     if cfg.inference.stage_class:
         load_stage_class(cfg.inference.stage_class)
-    return Prepared(cfg, kind, files, _carried_fields(cfg, files), prep)
+    return Prepared(cfg, spec, kind, files, _carried_fields(cfg, files), prep)
 
 
 def connect_ray(cfg: Config) -> None:
@@ -129,8 +130,7 @@ def _gpus_per_actor(cfg: Config) -> float:
 
 
 def _metadata(job: Prepared, run_id: str) -> dict[str, str]:
-    cfg = job.cfg
-    spec = check_available(cfg.model.version, cfg.model)
+    cfg, spec = job.cfg, job.spec
     location = locate_weights(cfg.model.version, spec)
     sha = expected_sha256(spec, location.path) or (file_sha256(location.path) if location.path else None)
     return file_metadata(
@@ -182,7 +182,6 @@ def run(cfg: Config) -> dict[str, Any]:
     job = prepare(cfg)
     run_id = new_run_id()
     save_config(cfg, run_id)
-    spec = check_available(cfg.model.version, cfg.model)
     target = Partition(cfg.output.root, job.kind, cfg.model.version, cfg.output.storage_options)
     recover_overwrites(target)
     partition = shadow_partition(target, run_id) if cfg.run.mode == "overwrite" else target
@@ -197,7 +196,7 @@ def run(cfg: Config) -> dict[str, Any]:
         job.kind, job.files, units, partition, markers, cfg.run.retry_errors, cfg.input.storage_options
     )
     schemas = OutputSchemas(
-        job.kind, spec.dim, cfg.output.embedding_dtype, job.carried, _metadata(job, run_id)
+        job.kind, job.spec.dim, cfg.output.embedding_dtype, job.carried, _metadata(job, run_id)
     )
     sink = Sink(partition, schemas, plan.work, run_id, cfg.output.compression)
     sink.commit_empty()

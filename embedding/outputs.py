@@ -19,7 +19,6 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
@@ -37,19 +36,19 @@ class Partition:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.fs, self._base = url_to_fs(self.root, **self.storage_options)
+        self.fs, self.base = url_to_fs(self.root, **self.storage_options)  # base: the root, no protocol
         self.embeddings_table, self.errors_table = TABLES[self.kind]
 
     # --- paths (without protocol; used with self.fs) ---
     def table_dir(self, table: str) -> str:
-        return posixpath.join(self._base, table, f"model_version={self.version}")
+        return posixpath.join(self.base, table, f"model_version={self.version}")
 
     def part_path(self, table: str, unit_id: str) -> str:
         return posixpath.join(self.table_dir(table), f"part-{unit_id}.parquet")
 
     @property
     def state_dir(self) -> str:
-        return posixpath.join(self._base, "_state", self.kind, f"model_version={self.version}")
+        return posixpath.join(self.base, "_state", self.kind, f"model_version={self.version}")
 
     def marker_path(self, unit_id: str) -> str:
         return posixpath.join(self.state_dir, "commits", f"{unit_id}.json")
@@ -120,10 +119,6 @@ class Partition:
             out[marker["unit_id"]] = marker
         return out
 
-    def committed_files(self, table: str, markers: dict[str, dict] | None = None) -> list[str]:
-        markers = self.markers() if markers is None else markers
-        return sorted(self.part_path(table, unit_id) for unit_id in markers)
-
     def read(self, table: str, columns: list[str] | None = None, units: list[str] | None = None) -> pa.Table:
         """Rows of the committed units (all, or the given ones) of one table, with the unit's id."""
         units = sorted(self.markers()) if units is None else units
@@ -146,18 +141,10 @@ class Partition:
                 self.fs.rm(path, recursive=True)
 
 
-def open_partition(root: str, kind: str, version: str, storage_options: dict[str, Any]) -> Partition:
-    return Partition(root=root, kind=kind, version=version, storage_options=storage_options)
-
-
-def filesystem_for(url: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    return url_to_fs(url, **storage_options)
-
-
 def shadow_partition(target: Partition, run_id: str) -> Partition:
     """Where an overwrite run writes, beside the partition it will replace once everything is committed."""
     root = target.url(
-        posixpath.join(target._base, "_state", "overwrite", f"{target.kind}-{target.version}-{run_id}")
+        posixpath.join(target.base, "_state", "overwrite", f"{target.kind}-{target.version}-{run_id}")
     )
     return Partition(
         root=root, kind=target.kind, version=target.version, storage_options=target.storage_options
@@ -177,9 +164,9 @@ def replace_with(target: Partition, shadow: Partition) -> None:
     new one takes its place.
     """
     fs = target.fs
-    with fs.open(posixpath.join(shadow._base, "SWAP"), "w") as f:
+    with fs.open(posixpath.join(shadow.base, "SWAP"), "w") as f:
         f.write("swap in progress")
-    trash = posixpath.join(shadow._base, "trash")
+    trash = posixpath.join(shadow.base, "trash")
     for i, (new, old) in enumerate(_swap_dirs(target, shadow)):
         if not fs.exists(new):
             continue  # moved before a crash
@@ -191,13 +178,13 @@ def replace_with(target: Partition, shadow: Partition) -> None:
             fs.mv(old, dest, recursive=True)
         fs.makedirs(posixpath.dirname(old), exist_ok=True)
         fs.mv(new, old, recursive=True)
-    fs.rm(shadow._base, recursive=True)
+    fs.rm(shadow.base, recursive=True)
 
 
 def recover_overwrites(target: Partition) -> None:
     """Finish swaps that passed their SWAP mark; delete overwrite runs that never got there."""
     fs = target.fs
-    folder = posixpath.join(target._base, "_state", "overwrite")
+    folder = posixpath.join(target.base, "_state", "overwrite")
     if not fs.exists(folder):
         return
     prefix = f"{target.kind}-{target.version}-"

@@ -1,11 +1,8 @@
-"""Query and caption text: validation against the word limits, and tokenisation for a model version."""
+"""Query and caption text: validation against the word limits (tokenizers truncate to their context)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import torch
 
 from embedding.errors import EmbeddingError, ErrorCode
 
@@ -29,8 +26,3 @@ def validate_text(text: object, limits: TextLimits) -> str:
             f"text has {words} words; it must have from {limits.min_words} to {limits.max_words} words",
         )
     return text
-
-
-def tokenize(tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str]) -> torch.Tensor:
-    """Token ids for a batch of texts; the tokenizer truncates to its model's context length."""
-    return tokenizer(list(texts))

@@ -150,7 +150,7 @@ def build_index(cfg: Config, force: bool = False) -> IndexManifest:
     if not files:
         raise ConfigError(f"model version '{version}' under {root} has no embedded rows to index")
     folder = index_dir(root, version)
-    sources = [posixpath.relpath(f, partition.fs._strip_protocol(root)) for f in files]
+    sources = [posixpath.relpath(f, partition.base) for f in files]
     if not force:
         try:
             current = read_manifest(folder, options)
