@@ -1,16 +1,25 @@
-"""Index benchmark: 1,000,000 x 1024 clustered unit vectors, the project's index against exact search.
+"""Index benchmark (issue 4): the project's index on clustered unit vectors against exact FAISS search.
 
-    python benchmarks/index.py [--rows 1000000] [--queries 1000] [--budget-mb 280] [--shards 2]
+    python benchmarks/index.py --rows 1000000 --queries 1000 --out /tmp/bench-index \
+        --budget-mb 280 --set index.nprobe=16 --set index.rerank=100
 
-Data (DESIGN.md): 1,000 cluster centres uniform on the sphere; each point is its centre plus isotropic
-Gaussian noise whose norm is a per-cluster scale drawn from [0.3, 0.6] (times the centre's unit norm), then
-re-normalised; the queries are drawn the same way and are not in the data. The vectors are committed as
-embedding units exactly as the job writes them, and the index is built by the job's own `build_index` with
-the kind its rules choose for the memory budget. In the same run: exact top-10 by FAISS `IndexFlatIP`
-(also timed, as the baseline), then the project's search one query at a time on one thread.
+Method, all in one run on this machine:
 
-Bytes per vector in RAM counts the FAISS indexes' own memory (their serialised size: codes, ids,
-quantizer, OPQ matrix); the id/metadata maps and the memory-mapped re-ranking vectors are reported apart.
+1. Data: `--clusters` centres uniform on the unit sphere (seeded), each with a noise scale drawn from
+   [0.3, 0.6]; a point is its centre plus isotropic Gaussian noise of per-dimension sigma scale/sqrt(D)
+   (expected noise norm = scale x the centre's norm), re-normalised. Queries are drawn the same way with
+   another seed, so they are not in the data. Points are generated in units of `--unit-rows` (float32),
+   committed as embedding units through `Partition.commit` with the job's `OutputSchemas`, and kept in a
+   float32 memory-mapped file for the ground truth. Generation + commit time is reported on its own.
+2. Build: the job's own `build_index(cfg)` (kind from `kinds.choose` and `--budget-mb` unless
+   `--set index.factory=...`); build time is its wall time (Ray already started, self-check included).
+3. Exact search: FAISS `IndexFlatIP` over the float32 vectors gives the true top-10 (batched); its
+   one-query-at-a-time, one-thread QPS on `--flat-queries` queries is the baseline.
+4. The project's `Index.nearest`, one query at a time on one thread (after a warm-up on other queries):
+   QPS and recall@10 against the exact ids; `--sweep` tries other nprobe:rerank pairs.
+5. Memory: bytes per vector of the FAISS indexes' own memory (shard `.faiss` sizes, and the RSS growth of
+   reading them whole with `faiss.read_index`), and apart from it the id/metadata maps (file and in-RAM
+   Arrow size) and the memory-mapped re-ranking vectors (on disk).
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
 import numpy as np
+import psutil
 import pyarrow as pa
 
 from embedding.config import load_config
@@ -33,58 +44,104 @@ from embedding.outputs import Partition
 from embedding.rows import embedding_type
 from embedding.sink import OutputSchemas, file_metadata
 
-DIM, CLUSTERS = 1024, 1000
+DIM, K, VERSION = 1024, 10, "demo"
 
 
-def mixture(rows: int, seed: int) -> np.ndarray:
-    """Unit vectors of the seeded cluster mixture (centres fixed by seed 0, points by `seed`)."""
-    centre_rng = np.random.default_rng(0)
-    centres = centre_rng.normal(size=(CLUSTERS, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    scales = centre_rng.uniform(0.3, 0.6, CLUSTERS).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    which = rng.integers(0, CLUSTERS, rows)
-    noise = rng.standard_normal((rows, DIM), dtype=np.float32) * (scales[which, None] / np.sqrt(DIM))
-    points = centres[which] + noise
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
-    return points
+class Mixture:
+    """The seeded cluster mixture: fixed centres and scales, points drawn by seed."""
+
+    def __init__(self, clusters: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.centres = rng.standard_normal((clusters, DIM), dtype=np.float32)
+        self.centres /= np.linalg.norm(self.centres, axis=1, keepdims=True)
+        self.scales = rng.uniform(0.3, 0.6, clusters).astype(np.float32)
+
+    def draw(self, rows: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        which = rng.integers(0, len(self.centres), rows)
+        points = rng.standard_normal((rows, DIM), dtype=np.float32)
+        points *= (self.scales[which] / np.sqrt(DIM))[:, None]
+        points += self.centres[which]
+        points /= np.linalg.norm(points, axis=1, keepdims=True)
+        return points
 
 
-def commit_vectors(root: Path, rows: int, unit_rows: int) -> np.ndarray:
-    """Write the data as committed embedding units (as the job would); returns the float32 vectors."""
-    schemas = OutputSchemas("image", DIM, "float32", [], file_metadata({"model_version": "demo"}))
-    part = Partition(str(root), "image", "demo")
-    vectors = np.empty((rows, DIM), np.float32)
+def commit_units(root: Path, mixture: Mixture, rows: int, unit_rows: int) -> np.ndarray:
+    """Commit the data as embedding units (as the job would); returns a float32 memmap of it."""
+    schemas = OutputSchemas("image", DIM, "float32", [], file_metadata({"model_version": VERSION}))
+    part = Partition(str(root / "out"), "image", VERSION)
+    vectors = np.lib.format.open_memmap(root / "vectors.f32.npy", "w+", np.float32, (rows, DIM))
     for unit, start in enumerate(range(0, rows, unit_rows)):
-        chunk = mixture(min(unit_rows, rows - start), seed=1 + unit)
+        chunk = mixture.draw(min(unit_rows, rows - start), seed=1 + unit)
         vectors[start : start + len(chunk)] = chunk
-        n = len(chunk)
+        n, ids = len(chunk), range(start, start + len(chunk))
         table = pa.Table.from_pydict(
             {
-                "image_id": [f"v{i:07d}" for i in range(start, start + n)],
+                "image_id": [f"img-{i:07d}" for i in ids],
                 "embedding": pa.FixedSizeListArray.from_arrays(
                     pa.array(chunk.reshape(-1)), type=embedding_type(DIM)
                 ),
                 "model_version": pa.DictionaryArray.from_arrays(
-                    pa.array(np.zeros(n, np.int32)), pa.array(["demo"])
+                    pa.array(np.zeros(n, np.int32)), pa.array([VERSION])
                 ),
-                "uri": [f"mem://{i}" for i in range(start, start + n)],
-                "width": pa.array(np.full(n, 1, np.int32)),
-                "height": pa.array(np.full(n, 1, np.int32)),
-                "content_sha256": [""] * n,
+                "uri": [f"/images/img-{i:07d}.jpg" for i in ids],
+                "width": pa.array(np.full(n, 224, np.int32)),
+                "height": pa.array(np.full(n, 224, np.int32)),
+                "content_sha256": ["0" * 64] * n,
             },
             schema=schemas.embeddings(),
         )
-        marker = {"unit_id": f"u{unit:05d}", "rows_embedded": n, "rows_failed": 0, "errors_by_code": {}}
-        part.commit(f"u{unit:05d}", table, schemas.errors().empty_table(), marker)
+        marker = {"unit_id": f"unit{unit:05d}", "rows_embedded": n, "rows_failed": 0, "errors_by_code": {}}
+        part.commit(f"unit{unit:05d}", table, schemas.errors().empty_table(), marker)
+    vectors.flush()
     return vectors
 
 
-def one_thread_qps(search, queries: np.ndarray) -> tuple[float, list]:
+def exact_search(vectors: np.ndarray, queries: np.ndarray, timed: int) -> tuple[np.ndarray, float]:
+    """True top-k ids (batched, all threads) and the one-thread, one-query-at-a-time QPS of IndexFlatIP."""
+    flat = faiss.IndexFlatIP(DIM)
+    for start in range(0, len(vectors), 100_000):
+        flat.add(np.ascontiguousarray(vectors[start : start + 100_000]))
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    truth = flat.search(queries, K)[1]
     faiss.omp_set_num_threads(1)
+    qps = one_at_a_time(lambda q: flat.search(q[None], K), queries[:timed])[0]
+    flat.reset()
+    return truth, qps
+
+
+def one_at_a_time(search: Callable[[np.ndarray], object], queries: np.ndarray) -> tuple[float, list]:
     started = time.perf_counter()
     results = [search(q) for q in queries]
     return len(queries) / (time.perf_counter() - started), results
+
+
+def measure(index: Index, queries: np.ndarray, truth: np.ndarray, ids: list[np.ndarray]) -> dict:
+    """One-thread QPS and recall@k of `Index.nearest`, one query at a time."""
+    qps, found = one_at_a_time(lambda q: [ids[c.shard][c.row] for c in index.nearest(q, K)], queries)
+    recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)])
+    return {"recall_at_10": round(float(recall), 4), "qps_one_thread": round(qps, 1)}
+
+
+def index_memory(folder: Path, index: Index) -> dict:
+    """Bytes per vector: FAISS index files, RSS growth of reading them whole, maps, re-ranking vectors."""
+    rows, shards = index.manifest.rows, index.manifest.shards
+    size = {
+        role: sum((folder / s.files[role]).stat().st_size for s in shards)
+        for role in ("index", "meta", "vectors")
+    }
+    process = psutil.Process()
+    before = process.memory_info().rss
+    loaded = [faiss.read_index(str(folder / s.files["index"])) for s in shards]
+    grown = process.memory_info().rss - before
+    del loaded
+    return {
+        "index_file_bytes_per_vector": round(size["index"] / rows, 1),
+        "index_rss_bytes_per_vector": round(grown / rows, 1),
+        "maps_file_bytes_per_vector": round(size["meta"] / rows, 1),
+        "maps_arrow_bytes_per_vector": round(sum(s.meta.nbytes for s in index.shards) / rows, 1),
+        "rerank_vectors_disk_bytes_per_vector": round(size["vectors"] / rows, 1),
+    }
 
 
 def main() -> None:
@@ -93,79 +150,73 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument(
-        "--budget-mb", type=int, default=280, help="index.memory_budget_mb for the kind rules"
-    )
-    parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument(
-        "--set", action="append", default=[], help="more config overrides, e.g. index.nprobe=16"
-    )
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--unit-rows", type=int, default=50_000)
+    parser.add_argument("--budget-mb", type=int, default=280, help="index.memory_budget_mb for kinds.choose")
+    parser.add_argument("--set", action="append", default=[], help="config override, e.g. index.nprobe=16")
+    parser.add_argument("--flat-queries", type=int, default=100, help="queries timed on IndexFlatIP")
+    parser.add_argument("--sweep", default="", help="more nprobe:rerank pairs to measure, e.g. 8:50,16:200")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-index"))
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
     import ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    mixture = Mixture(args.clusters)
     started = time.perf_counter()
-    vectors = commit_vectors(args.out, args.rows, unit_rows=50_000)
+    vectors = commit_units(args.out, mixture, args.rows, args.unit_rows)
     write_s = time.perf_counter() - started
-    cfg = load_config(
-        None,
-        [
-            f"output.root={args.out}",
-            "model.version=demo",
-            f"index.shards={args.shards}",
-            f"index.memory_budget_mb={args.budget_mb}",
-            "index.self_check_queries=200",
-            *args.set,
-        ],
-    )
+    overrides = [f"output.root={args.out / 'out'}", f"model.version={VERSION}"]
+    cfg = load_config(None, [*overrides, f"index.memory_budget_mb={args.budget_mb}", *args.set])
     started = time.perf_counter()
     manifest = build_index(cfg, force=True)
     build_s = time.perf_counter() - started
     ray.shutdown()
 
-    queries = mixture(args.queries, seed=10**6)
-    exact = faiss.IndexFlatIP(DIM)
-    exact.add(vectors)
+    queries = mixture.draw(args.queries, seed=10**6)
+    truth, flat_qps = exact_search(vectors, queries, min(args.flat_queries, args.queries))
     del vectors
-    flat_qps, truth = one_thread_qps(lambda q: exact.search(q[None], 10)[1][0], queries)
-    exact.reset()  # frees its 4 GB
-    index = Index.for_version(str(args.out), "demo")
+    index = Index.for_version(str(args.out / "out"), VERSION)
     index.threads = 1
-    ids = [
-        np.array([int(i[1:]) for i in shard.meta.column("image_id").to_pylist()]) for shard in index.shards
-    ]
-    qps, found = one_thread_qps(lambda q: [ids[c.shard][c.row] for c in index.nearest(q, 10)], queries)
-    recall = float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)]))
-    folder = Path(args.out) / "index" / "model_version=demo"
-    sizes = {
-        role: sum((folder / s.files[role]).stat().st_size for s in manifest.shards)
-        for role in ("index", "meta", "vectors")
-    }
+    ids = [np.array([int(i[4:]) for i in s.meta.column("image_id").to_pylist()]) for s in index.shards]
+    warm_up = mixture.draw(100, seed=10**6 + 1)
+    for query in warm_up:
+        index.nearest(query, K)
+    shipped = measure(index, queries, truth, ids)
+    sweep = {}
+    for pair in filter(None, args.sweep.split(",")):
+        index.manifest.nprobe, index.manifest.rerank = map(int, pair.split(":"))
+        sweep[pair] = measure(index, queries, truth, ids)
+    folder = args.out / "out" / "index" / f"model_version={VERSION}"
     result = {
         "rows": manifest.rows,
         "dim": DIM,
+        "clusters": args.clusters,
+        "queries": args.queries,
         "kind": manifest.kind,
         "factory": manifest.factory,
         "shards": len(manifest.shards),
         "nprobe": manifest.nprobe,
         "rerank": manifest.rerank,
+        "train_sample": cfg.index.train_sample,
+        "budget_mb": args.budget_mb,
         "data_write_s": round(write_s, 1),
         "build_s": round(build_s, 1),
-        "index_bytes_per_vector": round(sizes["index"] / manifest.rows, 1),
-        "maps_bytes_per_vector": round(sizes["meta"] / manifest.rows, 1),
-        "rerank_vectors_bytes_per_vector_on_disk": round(sizes["vectors"] / manifest.rows, 1),
-        "recall_at_10": round(recall, 4),
-        "qps_one_thread": round(qps, 1),
+        **index_memory(folder, index),
+        **shipped,
         "flat_qps_one_thread": round(flat_qps, 2),
         "self_check": manifest.self_check,
+        "sweep": sweep,
     }
     print(json.dumps(result, indent=1))
     print(
-        f"\n| {result['rows']:,} | {result['factory']} | {result['shards']} | {result['build_s']} s | "
-        f"{result['index_bytes_per_vector']} | {result['recall_at_10']} | {result['qps_one_thread']} | "
-        f"{result['flat_qps_one_thread']} |"
+        "\n| rows | factory | shards | nprobe | rerank | build s | index B/vec (file / RSS) | recall@10 | "
+        "QPS 1 thread | flat QPS |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| {manifest.rows:,} | {manifest.factory} | {len(manifest.shards)} | {manifest.nprobe} | "
+        f"{manifest.rerank} | {result['build_s']} | {result['index_file_bytes_per_vector']} / "
+        f"{result['index_rss_bytes_per_vector']} | {shipped['recall_at_10']} | "
+        f"{shipped['qps_one_thread']} | {result['flat_qps_one_thread']} |"
     )
 
 

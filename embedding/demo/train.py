@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from embedding.demo import captions, quality, synthetic
-from embedding.images import ImageLimits, Preprocess, decode
+from embedding.images import Preprocess
 from embedding.models.registry import DEMO_ARCHITECTURE, register_architectures
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup: int = 200
     workers: int = 2  # processes rendering the image pool
-    consistency: float = 0.0  # weight of 1 - cos between the two decodes' vectors, on `pairs` images
-    pairs: int = 16
     measure_quality: bool = True  # skipped anyway for smoke runs under MIN_QUALITY_STEPS
     architecture: str = DEMO_ARCHITECTURE
     log_every: int = 250
@@ -76,9 +74,9 @@ def seed_everything(seed: int) -> None:
 def render_pool(
     cfg: TrainConfig, prep: Preprocess, count: int
 ) -> tuple[np.ndarray, list[synthetic.ImageSpec]]:
-    """`count` training images as uint8 (N, 2, H, W, 3): two decodes of each file (see `two_views`)."""
+    """`count` training images as uint8 (N, H, W, 3), decoded the way the job decodes, and their specs."""
     specs = synthetic.balanced_specs(count, cfg.seed, max_side=cfg.max_side)
-    render = partial(two_views, prep=prep)
+    render = partial(varied_pixels, prep=prep)
     if cfg.workers > 1 and count >= 1000:
         # spawn, not fork: the parent has torch loaded; results keep the order of `specs`.
         with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
@@ -88,15 +86,15 @@ def render_pool(
     return np.stack(pixels), specs
 
 
-def two_views(spec: synthetic.ImageSpec, prep: Preprocess) -> np.ndarray:
-    """One image file decoded as the job decodes it and as open_clip's reference transform does.
+# JPEG decoding at reduced DCT scale (images.py's `draft_gap`) resamples a little differently from a full
+# decode; a model that saw only one path would notice. Pool images take one of these paths each.
+DRAFT_GAPS = (0.0, 1.0, 2.0, 4.0)
 
-    The job decodes large JPEGs at a reduced DCT scale (`Preprocess.draft_gap`), which moves colour edges
-    by up to ~130 levels against a full decode; the model should give the same vector either way.
-    """
-    data = synthetic.encode(synthetic.render(spec), spec)
-    full = dataclasses.replace(prep, draft_gap=0.0)
-    return np.stack([decode(data, prep, ImageLimits()).pixels, decode(data, full, ImageLimits()).pixels])
+
+def varied_pixels(spec: synthetic.ImageSpec, prep: Preprocess) -> np.ndarray:
+    """`quality.spec_pixels` through one of the decode paths the job may take (chosen by the spec)."""
+    gap = DRAFT_GAPS[spec.noise_seed % len(DRAFT_GAPS)]
+    return quality.spec_pixels(spec, dataclasses.replace(prep, draft_gap=gap))
 
 
 def soften(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -210,23 +208,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_start, step, running = time.monotonic(), 0, 0.0
     while step < cfg.steps and time.monotonic() - start < cfg.minutes * 60:
         index = next(batches)
-        view = np_rng.integers(0, 2, len(index))  # the job's decode or the full one, at random
-        batch = pixels[index, view]
+        batch = pixels[index]
         flip = np_rng.random(len(index)) < 0.5  # every shape is left-right symmetric up to its rotation
         batch[flip] = batch[flip, :, ::-1]
         texts = tokenizer(pick_captions([specs[i] for i in index], text_rng))
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg)
-        pairs = cfg.pairs if cfg.consistency > 0 else 0
-        # The first `pairs` images again, through the other decode (same flip): their vectors should agree.
-        other = pixels[index[:pairs], 1 - view[:pairs]]
-        other[flip[:pairs]] = other[flip[:pairs], :, ::-1]
-        images = to_input(np.concatenate([batch, other]), prep, augment=torch_rng)
+        images = to_input(batch, prep, augment=torch_rng)
         image_features, text_features, logit_scale = model(images, texts)
-        loss = loss_fn(image_features[: len(index)], text_features, logit_scale)
-        if pairs:
-            agreement = (image_features[:pairs] * image_features[len(index) :]).sum(dim=1)
-            loss = loss + cfg.consistency * (1 - agreement).mean()
+        loss = loss_fn(image_features, text_features, logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

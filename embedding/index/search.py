@@ -61,10 +61,22 @@ def _read_index(path: str) -> faiss.Index:
     # Memory-map where FAISS can (inverted lists, flat codes); fall back to reading it whole.
     for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, faiss.IO_FLAG_MMAP_IFC, 0):
         try:
-            return faiss.read_index(path, flags)
+            index = faiss.read_index(path, flags)
         except RuntimeError:
             continue
+        _no_prefetch_threads(index)
+        return index
     raise ConfigError(f"{path} is not a readable FAISS index: rebuild with `embedding index`")
+
+
+def _no_prefetch_threads(index: faiss.Index) -> None:
+    # Memory-mapped inverted lists start `prefetch_nthread` (32) threads on every search call to touch
+    # the lists it will scan; for one query that costs far more than the page faults it saves.
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if isinstance(inner, faiss.IndexIVF):
+        lists = faiss.downcast_InvertedLists(inner.invlists)
+        if isinstance(lists, faiss.OnDiskInvertedLists):
+            lists.prefetch_nthread = 0
 
 
 @dataclass

@@ -23,12 +23,16 @@ def indexed(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_loca
     """The sample embedded and indexed once for this module: (config path, config, truth by image id)."""
     folder = tmp_path_factory.mktemp("search")
     config = folder / "c.yaml"
-    config.write_text(json.dumps({
-        "input": {"manifest": str(sample_dir / "manifest.parquet"), "unit_rows": 64},
-        "output": {"root": str(folder / "out")},
-        "inference": {"device": "cpu"},
-        "index": {"enabled": True, "shards": 3},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "input": {"manifest": str(sample_dir / "manifest.parquet"), "unit_rows": 64},
+                "output": {"root": str(folder / "out")},
+                "inference": {"device": "cpu"},
+                "index": {"enabled": True, "shards": 3},
+            }
+        )
+    )
     cfg = load_config(config)
     summary = run(cfg)
     assert summary["index"]["rows"] == 384
@@ -37,8 +41,9 @@ def indexed(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_loca
 
 
 def precision(hits, truth, colour: str, shape: str) -> float:
-    return sum((truth.loc[h.image_id, "colour"], truth.loc[h.image_id, "shape"]) == (colour, shape)
-               for h in hits) / len(hits)
+    return sum(
+        (truth.loc[h.image_id, "colour"], truth.loc[h.image_id, "shape"]) == (colour, shape) for h in hits
+    ) / len(hits)
 
 
 def test_a_red_circle_finds_red_circles(indexed) -> None:
@@ -101,8 +106,22 @@ def test_single_item_api_raises_typed_errors(indexed, tmp_path: Path) -> None:
 
 def test_cli_search_json(indexed) -> None:
     config, _, truth = indexed
-    result = subprocess.run([sys.executable, "-m", "embedding.cli", "search", str(config), "a yellow square",
-                             "--top", "3", "--json"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedding.cli",
+            "search",
+            str(config),
+            "a yellow square",
+            "--top",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert len(rows) == 3 and set(rows[0]) >= {"image_id", "uri", "cosine", "metadata_score", "relevance"}
