@@ -1,6 +1,6 @@
 """GPU throughput of the encoder, for the `device` tool: ViT-H-14 (random weights, fp16) on one GPU.
 
-    python benchmarks/gpu.py [--images 2000] [--batch 256] [--workers 14]
+    python -m benchmarks.gpu [--images 2000] [--batch 256] [--workers 14]
 
 1. Model only: uint8 batches already on the GPU, normalised there (as the job's encoder does), then
    `encode_image` in fp16; images/s over timed batches after a warm-up.

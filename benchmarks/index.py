@@ -1,6 +1,6 @@
 """Index benchmark (issue 4): the project's index on clustered unit vectors against exact FAISS search.
 
-    python benchmarks/index.py --rows 1000000 --queries 1000 --out /tmp/bench-index \
+    python -m benchmarks.index --rows 1000000 --queries 1000 --out /tmp/bench-index \
         --budget-mb 280 --set index.nprobe=16 --set index.rerank=100
 
 Method, all in one run on this machine:

@@ -1,6 +1,6 @@
 """Peak memory of a whole `embedding run` (driver, Ray's processes, workers) over 2,000 and 20,000 images.
 
-    python benchmarks/memory.py [--counts 2000 20000] [--distinct 200]
+    python -m benchmarks.memory [--counts 2000 20000] [--distinct 200]
 
 The manifests repeat the URIs of `--distinct` 1-12 MP photos (benchmarks/photos.py) under distinct ids.
 The run is started in its own process group; every 0.2 s the benchmark sums the proportional set size

@@ -7,7 +7,11 @@ reported separately. Files are cached under the output folder, so later benchmar
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ REAL = [
 MEGAPIXELS = (1, 2, 4, 8, 12)
 
 
+@cache
 def _sources() -> list[Image.Image]:
     import skimage
 
@@ -47,37 +52,69 @@ def real_photos(out: Path) -> list[Path]:
     return paths
 
 
-def upscaled_photos(out: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` distinct JPEGs of 1 to 12 MP (cycling over MEGAPIXELS), made from random crops."""
+def upscaled_photos(out: Path, count: int, seed: int = 0, distinct: int = 400) -> list[Path]:
+    """`count` JPEGs of 1 to 12 MP (cycling over MEGAPIXELS) made from random crops of the real photos.
+
+    Only the first `distinct` are generated (Lanczos upscaling costs ~0.2 s each here); the rest are hard
+    links to them under their own names: every file is still read and decoded in full by whoever reads it.
+    """
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    sources = None
-    paths = []
-    for i in range(count):
-        megapixels = MEGAPIXELS[i % len(MEGAPIXELS)]
-        # Draw everything first: the sequence must not depend on which files are cached already.
-        source_index, crop, flip, swap = (
-            rng.randrange(len(REAL)),
-            rng.uniform(0.6, 1.0),
-            rng.random() < 0.5,
-            rng.random() < 0.5,
+    # Every photo's parameters are drawn up front, so they never depend on which files are cached.
+    plans = [
+        _Plan(
+            path=out / f"photo-{seed}-{i:05d}-{MEGAPIXELS[i % len(MEGAPIXELS)]}mp.jpg",
+            megapixels=MEGAPIXELS[i % len(MEGAPIXELS)],
+            source=rng.randrange(len(REAL)),
+            crop=rng.uniform(0.6, 1.0),
+            offset=(rng.random(), rng.random()),
+            flip=rng.random() < 0.5,
+            swap=rng.random() < 0.5,
+            aspect=rng.choice((4 / 3, 3 / 2, 1.0)),
+            quality=rng.randint(85, 95),
         )
-        aspect, quality = rng.choice((4 / 3, 3 / 2, 1.0)), rng.randint(85, 95)
-        path = out / f"photo-{seed}-{i:05d}-{megapixels}mp.jpg"
+        for i in range(min(count, distinct))
+    ]
+    missing = [plan for plan in plans if not plan.path.exists()]
+    if missing:
+        with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
+            pool.map(_make, missing)
+    paths = [plan.path for plan in plans]
+    for i in range(len(plans), count):
+        original = plans[i % len(plans)]
+        path = out / f"photo-{seed}-{i:05d}-{original.megapixels}mp.jpg"
+        if not path.exists():
+            os.link(original.path, path)
         paths.append(path)
-        if path.exists():
-            continue
-        sources = sources or _sources()
-        image = sources[source_index]
-        w, h = image.size
-        cw, ch = int(w * crop), int(h * crop)
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        image = image.crop((x, y, x + cw, y + ch))
-        if flip:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        width = int(np.sqrt(megapixels * 1e6 * aspect))
-        height = int(megapixels * 1e6 / width)
-        if swap:
-            width, height = height, width
-        image.resize((width, height), Image.Resampling.LANCZOS).save(path, "JPEG", quality=quality)
     return paths
+
+
+@dataclass(frozen=True)
+class _Plan:
+    path: Path
+    megapixels: int
+    source: int
+    crop: float
+    offset: tuple[float, float]
+    flip: bool
+    swap: bool
+    aspect: float
+    quality: int
+
+
+def _make(plan: _Plan) -> None:
+    image = _sources()[plan.source]
+    w, h = image.size
+    cw, ch = int(w * plan.crop), int(h * plan.crop)
+    x, y = int(plan.offset[0] * (w - cw)), int(plan.offset[1] * (h - ch))
+    image = image.crop((x, y, x + cw, y + ch))
+    if plan.flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    width = int(np.sqrt(plan.megapixels * 1e6 * plan.aspect))
+    height = int(plan.megapixels * 1e6 / width)
+    if plan.swap:
+        width, height = height, width
+    image = image.resize((width, height), Image.Resampling.LANCZOS)
+    partial = plan.path.with_suffix(".part")
+    image.save(partial, "JPEG", quality=plan.quality)
+    partial.rename(plan.path)  # a killed run leaves no truncated photo behind

@@ -1,6 +1,6 @@
 """Whole-process wall time of `embedding run` against a naive single-process loop, on the same photos.
 
-    python benchmarks/pipeline.py [--count 4000] [--photos /tmp/bench-photos] [--version demo]
+    python -m benchmarks.pipeline [--count 4000] [--photos /tmp/bench-photos]
 
 Both run as fresh processes (imports, model loading and, for the job, Ray's start-up included) over the
 same manifest of 1-12 MP JPEGs (benchmarks/photos.py). The job runs with its defaults for this machine and

@@ -83,8 +83,7 @@ class ModelConfig(Section):
 class PreprocessConfig(Section):
     draft_gap: float = Field(default=2.0, ge=0)  # 0 disables reduced-scale JPEG decoding
     alpha_background: tuple[int, int, int] = (255, 255, 255)
-    batch_size: int = Field(default=64, ge=1)  # images per decode task batch
-    num_cpus: float = Field(default=1.0, gt=0)  # per decode task
+    num_cpus: float = Field(default=1.0, gt=0)  # per decode task (a task decodes one unit)
     concurrency: int | None = Field(default=None, ge=1)  # max parallel decode tasks (None: Ray decides)
 
 
@@ -96,7 +95,7 @@ class InferenceConfig(Section):
     max_actors: int = Field(default=1, ge=1)
     num_gpus_per_actor: float | None = Field(default=None, ge=0)  # None: 1 when the cluster has GPUs
     num_cpus_per_actor: float = Field(default=1.0, ge=0)
-    torch_threads: int | None = Field(default=None, ge=1)  # CPU inference threads per actor
+    torch_threads: int | None = Field(default=None, ge=1)  # CPU inference threads (None: all cores)
     # A crashed encoder actor is always replaced; the batch that crashed it is retried this many times,
     # then its rows are retried one by one, and a row that still crashes becomes a WorkerCrashed error.
     max_task_retries: int = Field(default=2, ge=0)

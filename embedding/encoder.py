@@ -21,6 +21,7 @@ import torch
 from embedding.config import InferenceConfig, ModelConfig
 from embedding.errors import ErrorCode
 from embedding.models import LoadedModel, load_model
+from embedding.models.loading import resolve_device
 from embedding.rows import (
     METRIC_PREFIX,
     append_columns,
@@ -38,8 +39,13 @@ class Encoder:
     """One model version on one device: normalises uint8 pixels there and returns unit vectors."""
 
     def __init__(self, version: str, model_cfg: ModelConfig, inference: InferenceConfig):
-        if inference.torch_threads:
-            torch.set_num_threads(inference.torch_threads)
+        threads = inference.torch_threads
+        if threads is None and resolve_device(inference.device).type == "cpu":
+            # Ray caps an actor's threads at its num_cpus; on CPU the model is usually the bottleneck
+            # and the decode tasks wait on it (backpressure), so it gets every core of the machine.
+            threads = len(os.sched_getaffinity(0))
+        if threads:
+            torch.set_num_threads(threads)
         self.loaded: LoadedModel = load_model(version, model_cfg, inference.device, inference.precision)
         self.version = version
         self.batch_size = inference.batch_size
@@ -123,7 +129,8 @@ class _EncodeStage(ABC):
 
     def __init__(self, version: str, model_cfg: ModelConfig, inference: InferenceConfig):
         self.encoder = Encoder(version, model_cfg, inference)
-        self._last_end: float | None = None  # to measure how long the model waited for input
+        # How long the loaded model waited for input: from here to the first batch, then between batches.
+        self._last_end = time.time()
         log.info("encoder for %s loaded on %s (pid %d)", version, self.encoder.loaded.device, os.getpid())
 
     @abstractmethod
@@ -132,7 +139,7 @@ class _EncodeStage(ABC):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.time()
-        waited = started - self._last_end if self._last_end is not None else 0.0
+        waited = started - self._last_end
         pending = pending_rows(batch)
         encode = self._inputs(batch, pending)
         outcome = _encode_isolating(encode, pending, self.encoder.dim)

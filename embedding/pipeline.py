@@ -189,16 +189,21 @@ def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolat
     import ray.data
 
     inference, prep = cfg.inference, cfg.preprocess
-    per_batch = 1 if isolate else prep.batch_size
-    # One descriptor per block: Ray Data hands whole blocks to tasks and merges a task's outputs, so a
-    # block per unit (or per row, when isolating) is what keeps units apart downstream.
+    # One descriptor per block, and one block per task: Ray Data fuses the read and decode stages and
+    # bundles input blocks until a task has its batch_size rows, so a decode batch_size of N would put N
+    # units (one row each here) into one task and serialise them. With batch_size=None every task is one
+    # unit (or one row, when isolating), and the units spread over all the CPUs.
     ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, len(tasks)))
+    # The isolating round's few one-row tasks reserve no CPU: Ray Data lets go of its actors by dropping
+    # references, and an encoder that crashed on a poison row and was restarted can outlive the first
+    # round holding its CPU, which would leave these tasks waiting forever.
+    num_cpus = 0 if isolate else prep.num_cpus
     ds = ds.map_batches(
         read_units,
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"settings": settings.read},
-        num_cpus=prep.num_cpus,
+        num_cpus=num_cpus,
     )
     if settings.kind == "image":
         prepare, kwargs, stage = decode_images, {"settings": settings.decode}, ImageEncodeStage
@@ -206,11 +211,11 @@ def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolat
         prepare, kwargs, stage = check_texts, {"limits": settings.text_limits}, TextEncodeStage
     ds = ds.map_batches(
         prepare,
-        batch_size=per_batch,
+        batch_size=None,
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=prep.concurrency) if prep.concurrency else None,
         fn_kwargs=kwargs,
-        num_cpus=prep.num_cpus,
+        num_cpus=num_cpus,
     )
     if inference.stage_class:
         stage = load_stage_class(inference.stage_class)

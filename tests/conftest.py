@@ -29,7 +29,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # A new local Ray, never a cluster that a test's `ray start` may have left on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -44,7 +45,6 @@ def make_config(tmp_path: Path, ray_local):
             "output": {"root": str(tmp_path / "out")},
             "model": {"version": "demo"},
             "inference": {"device": "cpu", "batch_size": 32},
-            "preprocess": {"batch_size": 16},
             "fetch": {"timeout_s": 5, "retries": 1, "backoff_s": 0.1},
             "index": {"enabled": False},
         }

@@ -29,7 +29,7 @@ def test_remove_a_worker_node_while_the_encoder_runs(tmp_path: Path, sample_dir:
         str(manifest),
         str(root),
         ray={"address": None, "num_cpus": None},
-        preprocess={"batch_size": 4, "concurrency": 2},
+        preprocess={"concurrency": 2},
         inference={"batch_size": 4, "stage_class": "tests.support.stages:SlowStage"},
     )
     result = tmp_path / "result.json"

@@ -54,7 +54,7 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
     manifest = tmp_path / "m.parquet"
     pq.write_table(table, manifest)
     total = table.num_rows
-    slow = {"concurrency": 1, "batch_size": 4}  # slow enough to be killed in the middle
+    slow = {"concurrency": 1}  # one 16-row unit decoded at a time: slow enough to be killed in the middle
     reference = write_config(tmp_path / "ref.yaml", str(manifest), str(tmp_path / "ref"), preprocess=slow)
     run_to_end(reference, tmp_path / "ref.log")
 

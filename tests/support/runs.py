@@ -23,7 +23,6 @@ def write_config(path: Path, manifest: str, root: str, **sections: dict) -> Path
         "model": {"version": "demo"},
         "ray": {"num_cpus": 2},
         "inference": {"device": "cpu", "batch_size": 8},
-        "preprocess": {"batch_size": 8},
         "index": {"enabled": False},
     }
     for name, values in sections.items():
