@@ -157,28 +157,37 @@ def main() -> None:
     parser.add_argument("--flat-queries", type=int, default=100, help="queries timed on IndexFlatIP")
     parser.add_argument("--sweep", default="", help="more nprobe:rerank pairs to measure, e.g. 8:50,16:200")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-index"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the data and index a previous run left in --out"
+    )
     args = parser.parse_args()
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     mixture = Mixture(args.clusters)
-    started = time.perf_counter()
-    vectors = commit_units(args.out, mixture, args.rows, args.unit_rows)
-    write_s = time.perf_counter() - started
     overrides = [f"output.root={args.out / 'out'}", f"model.version={VERSION}"]
     cfg = load_config(None, [*overrides, f"index.memory_budget_mb={args.budget_mb}", *args.set])
-    started = time.perf_counter()
-    manifest = build_index(cfg, force=True)
-    build_s = time.perf_counter() - started
-    ray.shutdown()
+    if args.reuse:
+        vectors = np.load(args.out / "vectors.f32.npy", mmap_mode="r")
+        manifest, write_s, build_s = None, None, None
+    else:
+        shutil.rmtree(args.out, ignore_errors=True)
+        args.out.mkdir(parents=True)
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        started = time.perf_counter()
+        vectors = commit_units(args.out, mixture, args.rows, args.unit_rows)
+        write_s = time.perf_counter() - started
+        started = time.perf_counter()
+        build_index(cfg, force=True)
+        build_s = time.perf_counter() - started
+        ray.shutdown()
 
     queries = mixture.draw(args.queries, seed=10**6)
     truth, flat_qps = exact_search(vectors, queries, min(args.flat_queries, args.queries))
     del vectors
     index = Index.for_version(str(args.out / "out"), VERSION)
     index.threads = 1
+    manifest = index.manifest
+    built = (manifest.nprobe, manifest.rerank)
     ids = [np.array([int(i[4:]) for i in s.meta.column("image_id").to_pylist()]) for s in index.shards]
     warm_up = mixture.draw(100, seed=10**6 + 1)
     for query in warm_up:
@@ -197,12 +206,12 @@ def main() -> None:
         "kind": manifest.kind,
         "factory": manifest.factory,
         "shards": len(manifest.shards),
-        "nprobe": manifest.nprobe,
-        "rerank": manifest.rerank,
+        "nprobe": built[0],
+        "rerank": built[1],
         "train_sample": cfg.index.train_sample,
         "budget_mb": args.budget_mb,
-        "data_write_s": round(write_s, 1),
-        "build_s": round(build_s, 1),
+        "data_write_s": None if write_s is None else round(write_s, 1),
+        "build_s": None if build_s is None else round(build_s, 1),
         **index_memory(folder, index),
         **shipped,
         "flat_qps_one_thread": round(flat_qps, 2),
@@ -213,8 +222,8 @@ def main() -> None:
     print(
         "\n| rows | factory | shards | nprobe | rerank | build s | index B/vec (file / RSS) | recall@10 | "
         "QPS 1 thread | flat QPS |\n|---|---|---|---|---|---|---|---|---|---|\n"
-        f"| {manifest.rows:,} | {manifest.factory} | {len(manifest.shards)} | {manifest.nprobe} | "
-        f"{manifest.rerank} | {result['build_s']} | {result['index_file_bytes_per_vector']} / "
+        f"| {manifest.rows:,} | {manifest.factory} | {len(manifest.shards)} | {built[0]} | "
+        f"{built[1]} | {result['build_s']} | {result['index_file_bytes_per_vector']} / "
         f"{result['index_rss_bytes_per_vector']} | {shipped['recall_at_10']} | "
         f"{shipped['qps_one_thread']} | {result['flat_qps_one_thread']} |"
     )
