@@ -7,13 +7,13 @@ first, before Ray starts or any row is read.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from embedding.cluster import connect_ray
 from embedding.config import Config, ModelVersionSpec
 from embedding.errors import ConfigError
 from embedding.images import ImageLimits, Preprocess
@@ -99,26 +99,6 @@ def prepare(cfg: Config) -> Prepared:
     return Prepared(cfg, spec, kind, files, _carried_fields(cfg, files), prep)
 
 
-def connect_ray(cfg: Config) -> None:
-    """Join the cluster named by the config or RAY_ADDRESS, or start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
-    if address and address != "local":
-        ray.init(address=address, log_to_driver=True)
-        return
-    memory = cfg.ray.object_store_memory_mb
-    ray.init(
-        address="local",  # a new local Ray, never a cluster that `ray start` left on this machine
-        num_cpus=cfg.ray.num_cpus,
-        num_gpus=cfg.ray.num_gpus,
-        object_store_memory=memory * 1024 * 1024 if memory else None,
-        include_dashboard=False,
-    )
-
-
 def _gpus_per_actor(cfg: Config) -> float:
     import ray
 
@@ -202,7 +182,7 @@ def run(cfg: Config) -> dict[str, Any]:
     sink.commit_empty()
     rounds = {"first": 0, "isolated": 0, "crashed": 0}
     if plan.reads:
-        connect_ray(cfg)
+        connect_ray(cfg.ray)
         rounds = run_stream(plan.reads, cfg, _settings(job, _gpus_per_actor(cfg)), sink)
     if sink.work:
         raise RuntimeError(f"{len(sink.work)} units were not committed; rerun to finish them")

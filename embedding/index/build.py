@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from embedding.cluster import connect_ray
 from embedding.config import Config, IndexConfig
 from embedding.errors import ConfigError
 from embedding.index.kinds import IndexKind, choose, create
@@ -133,7 +134,6 @@ def build_index(cfg: Config, force: bool = False) -> IndexManifest:
     import ray
 
     from embedding.index.search import self_check
-    from embedding.job import connect_ray
     from embedding.models import get_version
 
     started = time.time()
@@ -168,7 +168,7 @@ def build_index(cfg: Config, force: bool = False) -> IndexManifest:
     build_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
     build_folder = f"build-{build_id}"
     groups = _split_files(files, rows, min(cfg.index.shards, len(files)))
-    connect_ray(cfg)
+    connect_ray(cfg.ray)
     task = ray.remote(num_cpus=1)(fill_shard)
     blob_ref = ray.put(blob)
     shards = ray.get(

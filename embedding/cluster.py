@@ -1,0 +1,36 @@
+"""Connecting to Ray: the cluster named by the config or RAY_ADDRESS, or a new local Ray.
+
+Used by the job, the index build and the service, so that all three join the same cluster the same way.
+"""
+
+from __future__ import annotations
+
+import os
+
+from embedding.config import RayConfig
+
+
+def ray_address(cfg: RayConfig) -> str | None:
+    """The cluster to join: RAY_ADDRESS (set by `ray job submit`) wins over `ray.address`; None is local."""
+    address = os.environ.get("RAY_ADDRESS") or cfg.address
+    return None if not address or address == "local" else address
+
+
+def connect_ray(cfg: RayConfig) -> None:
+    """Join the cluster named by the config or RAY_ADDRESS, or start a local Ray (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(cfg)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    memory = cfg.object_store_memory_mb
+    ray.init(
+        address="local",  # a new local Ray, never a cluster that `ray start` left on this machine
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        object_store_memory=memory * 1024 * 1024 if memory else None,
+        include_dashboard=False,
+    )
