@@ -15,6 +15,7 @@ import numpy as np
 from embedding.config import Config
 from embedding.encoder import Encoder
 from embedding.errors import EmbeddingError, ErrorCode
+from embedding.identity import SEARCH_FIELDS, check_same, identity_for
 from embedding.images import ImageLimits, Preprocess, decode
 from embedding.index.search import Index
 from embedding.relevance import metadata_score, relevance
@@ -117,6 +118,9 @@ def search(
     """
     index = index or Index.for_version(cfg.output.root, cfg.model.version, cfg.output.storage_options)
     version = index.manifest.model_version
+    if version == cfg.model.version:
+        where = f"the index of model version '{version}' under {cfg.output.root}"
+        check_same(index.manifest.identity, identity_for(cfg), where, SEARCH_FIELDS)
     text = None
     if isinstance(query, Vector):
         index.check_version(query.model_version)

@@ -89,7 +89,7 @@ def _index(args: argparse.Namespace) -> int:
         index = Index.open(folder, cfg.output.storage_options, verify=True)
         print(f"index {folder}: {index.manifest.rows} rows in {len(index.shards)} shards; checksums verified")
         return 0
-    manifest = build_index(cfg, force=True)
+    manifest = build_index(cfg, force=args.force)
     print(
         f"index {folder}: {manifest.kind} ({manifest.factory}), {manifest.rows} rows in "
         f"{len(manifest.shards)} "
@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("config")
     index.add_argument("--set", action="append", metavar="KEY=VALUE")
     index.add_argument("--verify", action="store_true", help="check every shard file's SHA-256")
+    index.add_argument(
+        "--force", action="store_true", help="rebuild even when the index holds exactly the committed units"
+    )
     index.set_defaults(func=_index)
 
     search = commands.add_parser("search", help="text or image query against the index")

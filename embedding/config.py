@@ -22,6 +22,9 @@ class RunConfig(Section):
     # once the new run has committed everything.
     mode: Literal["resume", "overwrite"] = "resume"
     retry_errors: bool = False  # also retry permanent errors of committed units
+    # One writer per output root and model version: a run's lease is taken over by another run only when
+    # its heartbeat (every lease_timeout_s / 4) has stopped for this long (the run died).
+    lease_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class RayConfig(Section):

@@ -14,18 +14,22 @@ from typing import Any
 import pyarrow as pa
 
 from embedding.cluster import connect_ray
+from embedding.commit import Committer
 from embedding.config import Config, ModelVersionSpec
 from embedding.errors import ConfigError
+from embedding.identity import check_same, check_width, identity_for
 from embedding.images import ImageLimits, Preprocess
+from embedding.lease import Lease
 from embedding.manifest import ManifestFile, detect_kind, find_files, plan_units
 from embedding.models import check_available
-from embedding.models.loading import expected_sha256, file_sha256, preprocess_for
-from embedding.models.registry import locate_weights
-from embedding.outputs import Partition, recover_overwrites, replace_with, shadow_partition
-from embedding.pipeline import DecodeSettings, ReadSettings, StageSettings, load_stage_class, run_stream
-from embedding.plan import make_plan
-from embedding.sink import OutputSchemas, Sink, file_metadata
+from embedding.models.loading import preprocess_for
+from embedding.outputs import Partition
+from embedding.overwrite import recover_overwrites, replace_with, shadow_partition
+from embedding.pipeline import StageSettings, load_stage_class, run_stream
+from embedding.plan import LocalTasks, RayTasks, make_plan
+from embedding.sink import OutputSchemas, WriteSettings, file_metadata
 from embedding.sources import SourceSettings
+from embedding.stages import DecodeSettings, ReadSettings
 from embedding.summary import build_summary, new_run_id, package_versions, save_config, save_summary
 from embedding.text import TextLimits
 
@@ -54,6 +58,7 @@ class Prepared:
     files: list[ManifestFile]
     carried: list[pa.Field]
     prep: Preprocess
+    identity: dict[str, Any]
 
 
 def _carried_fields(cfg: Config, files: list[ManifestFile]) -> list[pa.Field]:
@@ -82,6 +87,7 @@ def _carried_fields(cfg: Config, files: list[ManifestFile]) -> list[pa.Field]:
 def prepare(cfg: Config) -> Prepared:
     """All start-time checks: model version and weights, manifest files and columns. Raises ConfigError."""
     spec = check_available(cfg.model.version, cfg.model)
+    check_width(cfg.model.version, spec)
     files = find_files(cfg.input.manifest, cfg.input.storage_options)
     kind = detect_kind(files, cfg.input.kind)
     prep = preprocess_for(spec)
@@ -96,7 +102,7 @@ def prepare(cfg: Config) -> Prepared:
     )
     if cfg.inference.stage_class:
         load_stage_class(cfg.inference.stage_class)
-    return Prepared(cfg, spec, kind, files, _carried_fields(cfg, files), prep)
+    return Prepared(cfg, spec, kind, files, _carried_fields(cfg, files), prep, identity_for(cfg))
 
 
 def _gpus_per_actor(cfg: Config) -> float:
@@ -111,14 +117,12 @@ def _gpus_per_actor(cfg: Config) -> float:
 
 def _metadata(job: Prepared, run_id: str) -> dict[str, str]:
     cfg, spec = job.cfg, job.spec
-    location = locate_weights(cfg.model.version, spec)
-    sha = expected_sha256(spec, location.path) or (file_sha256(location.path) if location.path else None)
     return file_metadata(
         {
             "model_version": cfg.model.version,
             "architecture": spec.architecture,
             "weights": spec.weights or "",
-            "weights_sha256": sha or "",
+            "weights_sha256": job.identity["weights_sha256"],
             "embedding_dim": spec.dim,
             "preprocess": job.prep.__dict__,
             "precision": cfg.inference.precision,
@@ -129,7 +133,7 @@ def _metadata(job: Prepared, run_id: str) -> dict[str, str]:
     )
 
 
-def _settings(job: Prepared, gpus: float) -> StageSettings:
+def _settings(job: Prepared, run_id: str, partition: Partition, gpus: float) -> StageSettings:
     cfg = job.cfg
     names = set().union(*(f.schema.names for f in job.files))
     read = ReadSettings(
@@ -138,6 +142,10 @@ def _settings(job: Prepared, gpus: float) -> StageSettings:
         has_uri="uri" in names,
         has_inline="image" in names,
         storage_options=cfg.input.storage_options,
+        output_root=partition.root,
+        output_options=partition.storage_options,
+        version=cfg.model.version,
+        retry_errors=cfg.run.retry_errors,
     )
     limits = cfg.limits
     source = SourceSettings(
@@ -146,14 +154,46 @@ def _settings(job: Prepared, gpus: float) -> StageSettings:
         fetch=cfg.fetch,
         storage_options=cfg.input.storage_options,
     )
+    schemas = OutputSchemas(
+        job.kind, job.spec.dim, cfg.output.embedding_dtype, job.carried, _metadata(job, run_id)
+    )
+    write = WriteSettings(
+        schemas, partition.root, partition.storage_options, cfg.model.version, cfg.output.compression
+    )
     return StageSettings(
         kind=job.kind,
         version=cfg.model.version,
         read=read,
         decode=DecodeSettings(source, job.prep, ImageLimits(limits.min_image_side, limits.max_image_side)),
         text_limits=TextLimits(limits.min_text_words, limits.max_text_words),
+        write=write,
         num_gpus_per_actor=gpus,
     )
+
+
+# Up to this many ids (manifest rows to plan plus committed rows) are planned in the driver's own process;
+# beyond, by Ray tasks (the driver's memory must not grow with the manifest).
+LOCAL_PLAN_ROWS = 250_000
+
+
+def _start_up(target: Partition, job: Prepared) -> None:
+    """Recovery and checks that only the lease holder may do: finish or undo what a killed run left."""
+    cfg = job.cfg
+    recover_overwrites(target)
+    rolled, dropped = target.recover()
+    orphans = target.remove_orphans()
+    if rolled or dropped or orphans:
+        log.info(
+            "recovered an interrupted run: %d units rolled forward, %d partial units and %d orphan files "
+            "dropped",
+            rolled,
+            dropped,
+            orphans,
+        )
+    if cfg.run.mode != "overwrite":
+        check_same(
+            target.identity(), job.identity, f"output {cfg.output.root} (model version '{cfg.model.version}')"
+        )
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -161,43 +201,58 @@ def run(cfg: Config) -> dict[str, Any]:
     started = time.time()
     job = prepare(cfg)
     run_id = new_run_id()
-    save_config(cfg, run_id)
     target = Partition(cfg.output.root, job.kind, cfg.model.version, cfg.output.storage_options)
-    recover_overwrites(target)
-    partition = shadow_partition(target, run_id) if cfg.run.mode == "overwrite" else target
-    rolled, dropped = partition.recover()
-    if rolled or dropped:
-        log.info(
-            "recovered an interrupted run: %d units rolled forward, %d partial units dropped", rolled, dropped
+    with Lease(target, run_id, cfg.run.lease_timeout_s) as lease:
+        _start_up(target, job)
+        save_config(cfg, run_id)
+        partition = shadow_partition(target, run_id) if cfg.run.mode == "overwrite" else target
+        markers = partition.markers()
+        units = plan_units(job.files, cfg.input.unit_rows)
+        held = sum(m["rows_embedded"] + m["rows_failed"] for m in markers.values())
+        big = sum(f.num_rows for f in job.files) + held > LOCAL_PLAN_ROWS
+        if big:
+            connect_ray(cfg.ray)
+        tasks = RayTasks() if big else LocalTasks()
+        plan = make_plan(
+            job.kind,
+            job.files,
+            units,
+            partition,
+            markers,
+            cfg.run.retry_errors,
+            cfg.input.storage_options,
+            cfg.input.unit_rows,
+            tasks,
         )
-    markers = partition.markers()
-    units = plan_units(job.files, cfg.input.unit_rows)
-    plan = make_plan(
-        job.kind, job.files, units, partition, markers, cfg.run.retry_errors, cfg.input.storage_options
-    )
-    schemas = OutputSchemas(
-        job.kind, job.spec.dim, cfg.output.embedding_dtype, job.carried, _metadata(job, run_id)
-    )
-    sink = Sink(partition, schemas, plan.work, run_id, cfg.output.compression)
-    sink.commit_empty()
-    rounds = {"first": 0, "isolated": 0, "crashed": 0}
-    if plan.reads:
-        connect_ray(cfg.ray)
-        rounds = run_stream(plan.reads, cfg, _settings(job, _gpus_per_actor(cfg)), sink)
-    if sink.work:
-        raise RuntimeError(f"{len(sink.work)} units were not committed; rerun to finish them")
-    if partition is not target:
-        replace_with(target, partition)
-    summary = build_summary(cfg, run_id, job.kind, plan.counts, sink.stats, rounds, started)
-    if cfg.index.enabled and job.kind == "image":
-        from embedding.index.build import build_index
-
-        manifest = build_index(cfg)
-        summary["index"] = {
-            "kind": manifest.kind,
-            "rows": manifest.rows,
-            "build_id": manifest.build_id,
-            "self_check": manifest.self_check,
+        if partition.identity() is None:
+            partition.record_identity(job.identity)
+        marker_base = {
+            "kind": job.kind,
+            "model_version": cfg.model.version,
+            "compression": cfg.output.compression,
         }
-    save_summary(cfg, run_id, summary)
+        committer = Committer(partition, plan, run_id, marker_base, finalize=None)
+        rounds = {"first": 0, "isolated": 0, "crashed": 0}
+        if plan.todo:
+            connect_ray(cfg.ray)
+            settings = _settings(job, run_id, partition, _gpus_per_actor(cfg))
+            rounds = run_stream(plan, cfg, settings, committer)
+        lease.check()
+        if committer.todo:
+            raise RuntimeError(f"{len(committer.todo)} units were not committed; rerun to finish them")
+        committer.retire(sorted(committer.superseded))
+        if partition is not target:
+            replace_with(target, partition)
+        summary = build_summary(cfg, run_id, job.kind, plan.counts, committer.totals, rounds, started)
+        if cfg.index.enabled and job.kind == "image":
+            from embedding.index.build import build_index
+
+            manifest = build_index(cfg, lease=lease)
+            summary["index"] = {
+                "kind": manifest.kind,
+                "rows": manifest.rows,
+                "build_id": manifest.build_id,
+                "self_check": manifest.self_check,
+            }
+        save_summary(cfg, run_id, summary)
     return summary

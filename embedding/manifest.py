@@ -1,8 +1,9 @@
 """Input manifests: finding the Parquet files, checking their columns, and cutting them into units.
 
-A unit is a fixed slice of one manifest file (a row range). Its id is derived from the file's URI, its
-size or etag, and the row range, so the same manifest gives the same units on every rerun, and a changed
-file gives new ones.
+A unit is a fixed slice of one manifest file (a row range). Its id is derived from the file's URI, a digest of
+its content and the row range: the same bytes give the same units on every rerun (`touch` and `cp` of the same
+bytes keep every unit), and any change of content gives the file's units new ids. The content digest is the
+SHA-256 of the file's bytes for local files and HTTP without an ETag, and the ETag and size on object stores.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
+from embedding.cache import file_sha256, sha256_stream
 from embedding.errors import ConfigError
+from embedding.storage import filesystem, is_local, protocol_of, to_url
 
 IMAGE_ID, TEXT_ID = "image_id", "text_id"
 
@@ -24,13 +26,24 @@ IMAGE_ID, TEXT_ID = "image_id", "text_id"
 @dataclass(frozen=True)
 class ManifestFile:
     uri: str  # with its protocol, e.g. /data/m.parquet or s3://bucket/m.parquet
-    version: str  # size and etag/mtime: a changed file gets new unit ids
+    version: str  # the content digest: a changed file gets new unit ids
     num_rows: int
     schema: pa.Schema
+    row_groups: tuple[int, ...] = ()  # rows per row group, in order
 
     @property
     def folder(self) -> str:
         return posixpath.dirname(self.uri)
+
+    def groups_of(self, start: int, stop: int) -> tuple[int, int]:
+        """The row groups [first, last] that hold rows [start, stop)."""
+        offset, first, last = 0, None, None
+        for g, n in enumerate(self.row_groups):
+            if offset < stop and offset + n > start:
+                first = g if first is None else first
+                last = g
+            offset += n
+        return (first or 0, last if last is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -45,9 +58,35 @@ class Unit:
         return self.stop - self.start
 
 
-def _unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+def options_for(uri: str, storage_options: dict[str, dict]) -> dict:
+    """The fsspec options of a URI's protocol (input.storage_options is keyed by protocol)."""
+    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+    return storage_options.get(protocol, {})
+
+
+def _content_version(fs: fsspec.AbstractFileSystem, info: dict) -> str:
+    if is_local(fs):
+        return "sha256:" + file_sha256(info["name"])
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    if etag:  # object stores (and HTTP servers that send one) name the content by its ETag
+        return f"etag:{str(etag).strip(chr(34))}:{info.get('size')}"
+    with fs.open(info["name"], "rb") as f:
+        return "sha256:" + sha256_stream(f.read)
+
+
+def _matches(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    if any(c in path for c in "*?[") and protocol_of(fs) not in ("http", "https"):
+        return sorted(fs.glob(path))
+    if protocol_of(fs) in ("http", "https"):
+        # fsspec's HTTP filesystem lists the links of an index page; a file URL lists as itself.
+        if any(c in path for c in "*?["):
+            return sorted(fs.glob(path))
+        if path.endswith("/"):
+            return sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+        return [path]
+    if fs.isdir(path):
+        return sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    return [path]
 
 
 def find_files(patterns: list[str], storage_options: dict[str, dict]) -> list[ManifestFile]:
@@ -56,13 +95,9 @@ def find_files(patterns: list[str], storage_options: dict[str, dict]) -> list[Ma
         raise ConfigError("input.manifest is empty: give a Parquet file, folder, glob or URL")
     files: list[ManifestFile] = []
     for pattern in patterns:
-        protocol = pattern.split("://", 1)[0] if "://" in pattern else "file"
-        fs, path = url_to_fs(pattern, **storage_options.get(protocol, {}))
+        fs, path = filesystem(pattern, options_for(pattern, storage_options))
         try:
-            matches = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
-            if len(matches) == 1 and fs.isdir(matches[0]):
-                matches = sorted(p for p in fs.find(matches[0]) if p.endswith(".parquet"))
-            infos = [fs.info(p) for p in matches]
+            infos = [fs.info(p) for p in _matches(fs, path)]
         except FileNotFoundError:
             infos = []
         except Exception as exc:  # credentials, network: say which manifest could not be listed
@@ -70,17 +105,43 @@ def find_files(patterns: list[str], storage_options: dict[str, dict]) -> list[Ma
         if not infos:
             raise ConfigError(f"input.manifest: no file matches {pattern}")
         for info in infos:
-            uri = _unstrip(fs, info["name"])
-            version = f"{info.get('size')}:{info.get('ETag') or info.get('etag') or info.get('mtime') or ''}"
+            name = info["name"]
+            uri = name if "://" in name else to_url(fs, name)
             try:
-                with fs.open(info["name"], "rb") as f:
+                with fs.open(name, "rb") as f:
                     meta = pq.ParquetFile(f).metadata
-                    schema = meta.schema.to_arrow_schema()
-                    num_rows = meta.num_rows
+                groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+                version = _content_version(fs, info)
             except Exception as exc:
                 raise ConfigError(f"input.manifest: {uri} is not a readable Parquet file: {exc}") from exc
-            files.append(ManifestFile(uri, version, num_rows, schema))
+            files.append(ManifestFile(uri, version, meta.num_rows, meta.schema.to_arrow_schema(), groups))
+    uris = [f.uri for f in files]
+    if len(set(uris)) < len(uris):
+        twice = sorted({u for u in uris if uris.count(u) > 1})
+        raise ConfigError(f"input.manifest names the same file more than once: {', '.join(twice)}")
     return files
+
+
+_STRINGS = (pa.types.is_string, pa.types.is_large_string)
+_COLUMN_TYPES = {
+    IMAGE_ID: ("a string or an integer", (*_STRINGS, pa.types.is_integer)),
+    TEXT_ID: ("a string or an integer", (*_STRINGS, pa.types.is_integer)),
+    "uri": ("a string", _STRINGS),
+    "text": ("a string", _STRINGS),
+    "image": ("binary", (pa.types.is_binary, pa.types.is_large_binary)),
+}
+
+
+def check_columns(files: list[ManifestFile]) -> None:
+    """Refuse, at start, manifest columns whose type the job cannot read (ConfigError naming both)."""
+    for f in files:
+        for name, (wanted, checks) in _COLUMN_TYPES.items():
+            if name not in f.schema.names:
+                continue
+            kind = f.schema.field(name).type
+            value = kind.value_type if pa.types.is_dictionary(kind) else kind
+            if not any(check(value) for check in checks):
+                raise ConfigError(f"manifest {f.uri}: column '{name}' is {kind}; it must be {wanted}")
 
 
 def detect_kind(files: list[ManifestFile], kind: str) -> str:
@@ -107,7 +168,12 @@ def detect_kind(files: list[ManifestFile], kind: str) -> str:
             )
         if kind == "auto":
             kind = file_kind
+    check_columns(files)
     return kind
+
+
+def unit_id(uri: str, version: str, start: int, stop: int) -> str:
+    return hashlib.sha256(f"{uri}\n{version}\n{start}\n{stop}".encode()).hexdigest()[:20]
 
 
 def plan_units(files: list[ManifestFile], unit_rows: int) -> list[Unit]:
@@ -115,21 +181,19 @@ def plan_units(files: list[ManifestFile], unit_rows: int) -> list[Unit]:
     for f in files:
         for start in range(0, f.num_rows, unit_rows):
             stop = min(start + unit_rows, f.num_rows)
-            key = f"{f.uri}\n{f.version}\n{start}\n{stop}".encode()
-            units.append(Unit(hashlib.sha256(key).hexdigest()[:20], f, start, stop))
+            units.append(Unit(unit_id(f.uri, f.version, start, stop), f, start, stop))
     return units
 
 
 def open_parquet(uri: str, storage_options: dict[str, dict]) -> pq.ParquetFile:
-    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-    fs, path = url_to_fs(uri, **storage_options.get(protocol, {}))
+    fs, path = filesystem(uri, options_for(uri, storage_options))
     return pq.ParquetFile(fs.open(path, "rb"))
 
 
 def read_rows(
     uri: str, start: int, stop: int, columns: list[str], storage_options: dict[str, dict]
 ) -> pa.Table:
-    """Rows [start, stop) of a manifest file, reading only the row groups that hold them."""
+    """Rows [start, stop) of a manifest file, reading each row group that holds them once."""
     parquet = open_parquet(uri, storage_options)
     groups, offset, first = [], 0, None
     for g in range(parquet.metadata.num_row_groups):
@@ -144,8 +208,10 @@ def read_rows(
     return table.slice(start - first, stop - start)
 
 
-def read_column(file: ManifestFile, column: str, storage_options: dict[str, dict]) -> pa.ChunkedArray:
-    return open_parquet(file.uri, storage_options).read(columns=[column]).column(column)
+def read_ids(file: ManifestFile, column: str, storage_options: dict[str, dict]) -> pa.Array:
+    """The id column of a manifest file as strings (integers are cast)."""
+    table = open_parquet(file.uri, storage_options).read(columns=[column])
+    return table.column(column).cast(pa.string()).combine_chunks()
 
 
 def resolve_uri(uri: str, manifest_folder: str) -> str:

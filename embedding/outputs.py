@@ -1,29 +1,51 @@
 """The output layout of one model version, and how a unit is committed.
 
-    <root>/embeddings/model_version=<v>/part-<unit>.parquet        (text: text_embeddings/)
-    <root>/errors/model_version=<v>/part-<unit>.parquet            (text: text_errors/)
-    <root>/_state/<kind>/model_version=<v>/commits/<unit>.json     commit markers
-    <root>/_state/<kind>/model_version=<v>/staging/<unit>/         files being written
+    <root>/embeddings/model_version=<v>/part-<unit>.parquet          (text: text_embeddings/)
+    <root>/errors/model_version=<v>/part-<unit>.parquet              (text: text_errors/)
+    <root>/_state/<kind>/model_version=<v>/commits/<unit>.json       commit markers
+    <root>/_state/<kind>/model_version=<v>/staging/<unit>/<attempt>/ files being written (by workers)
+    <root>/_state/<kind>/model_version=<v>/identity.json             the model that made the vectors
+    <root>/_state/<kind>/model_version=<v>/lease                      the one writer (embedding.lease)
 
-A unit is committed in four steps: both files are written under staging/, a READY file is written (the
-commit point), both are moved into place, then the marker is written and staging/ removed. A crash before
-READY leaves only staging files, which the next run deletes; a crash after READY is rolled forward by the
-next run (`recover`). Readers and the index see only units with a marker. Plain Parquet readers ignore
-`_state/` (leading underscore), so they never see a file that is being written.
+Workers write a unit's two files under a staging attempt folder of their own. The driver commits it in three
+steps: READY (the chosen attempt and the marker, written atomically: the commit point), both files moved into
+place, then the marker written atomically and staging/<unit> removed. A crash before READY leaves only staging
+files, which the next run deletes; a crash after READY is rolled forward by the next run (`recover`). Readers
+and the index see only units with a marker; plain Parquet readers ignore `_state/` (leading underscore).
+Every file a reader or a rerun may look at is written whole (embedding.storage.write_atomic).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import posixpath
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
+
+from embedding import faults
+from embedding.storage import filesystem, list_names, read_json, remove, to_url, write_json
+
+log = logging.getLogger(__name__)
 
 TABLES = {"image": ("embeddings", "errors"), "text": ("text_embeddings", "text_errors")}
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A unit's commit marker, and the digest of its bytes (the index records it, to know what it holds)."""
+
+    unit_id: str
+    body: dict[str, Any]
+    digest: str
+
+    def __getitem__(self, key: str) -> Any:
+        return self.body[key]
 
 
 @dataclass
@@ -36,8 +58,12 @@ class Partition:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.fs, self.base = url_to_fs(self.root, **self.storage_options)  # base: the root, no protocol
+        self.fs, self.base = filesystem(self.root, self.storage_options)  # base: the root, no protocol
         self.embeddings_table, self.errors_table = TABLES[self.kind]
+
+    @property
+    def tables(self) -> tuple[str, str]:
+        return (self.embeddings_table, self.errors_table)
 
     # --- paths (without protocol; used with self.fs) ---
     def table_dir(self, table: str) -> str:
@@ -58,65 +84,116 @@ class Partition:
 
     def url(self, path: str) -> str:
         """A path of this filesystem as a URL that fsspec and pyarrow readers accept."""
-        protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple | list) else self.fs.protocol
-        return path if protocol in ("file", "local") else f"{protocol}://{path}"
+        return to_url(self.fs, path)
 
     # --- committing ---
-    def commit(self, unit_id: str, embeddings: pa.Table, errors: pa.Table, marker: dict[str, Any]) -> None:
-        """Write both files of a unit and commit it atomically (see the module docstring)."""
-        staging = self.staging_dir(unit_id)
-        if self.fs.exists(staging):
-            self.fs.rm(staging, recursive=True)
-        self.fs.makedirs(staging, exist_ok=True)
-        for table, data in ((self.embeddings_table, embeddings), (self.errors_table, errors)):
-            with self.fs.open(posixpath.join(staging, f"{table}.parquet"), "wb") as f:
-                pq.write_table(data, f, compression=marker.get("compression", "zstd"))
-        with self.fs.open(posixpath.join(staging, "READY"), "w") as f:
-            f.write(json.dumps(marker))
-        self._roll_forward(unit_id)
+    def write_staged(self, unit_id: str, attempt: str, tables: dict[str, pa.Table], compression: str) -> str:
+        """Write a unit's tables under a staging attempt folder (workers do this); returns the folder."""
+        folder = posixpath.join(self.staging_dir(unit_id), attempt)
+        self.fs.makedirs(folder, exist_ok=True)
+        for name, table in tables.items():
+            with self.fs.open(posixpath.join(folder, f"{name}.parquet"), "wb") as f:
+                pq.write_table(table, f, compression=compression)
+        return folder
 
-    def _roll_forward(self, unit_id: str) -> None:
-        staging = self.staging_dir(unit_id)
-        ready = posixpath.join(staging, "READY")
-        with self.fs.open(ready, "r") as f:
-            marker = json.load(f)
-        for table in (self.embeddings_table, self.errors_table):
-            staged = posixpath.join(staging, f"{table}.parquet")
-            if self.fs.exists(staged):  # absent when a crash came after this move
+    def commit(
+        self,
+        unit_id: str,
+        embeddings: pa.Table,
+        errors: pa.Table,
+        marker: dict[str, Any],
+        compression: str = "zstd",
+    ) -> None:
+        """Write a unit's two tables and commit them (where the tables are at hand: tests, tools)."""
+        attempt = secrets.token_hex(6)
+        tables = dict(zip(self.tables, (embeddings, errors), strict=True))
+        self.write_staged(unit_id, attempt, tables, compression)
+        self.commit_staged(unit_id, attempt, {"unit_id": unit_id, **marker})
+
+    def commit_staged(self, unit_id: str, attempt: str, marker: dict[str, Any]) -> None:
+        """Commit a staged attempt of a unit (see the module docstring)."""
+        ready = posixpath.join(self.staging_dir(unit_id), "READY")
+        write_json(self.fs, ready, {"attempt": attempt, "marker": marker}, fault="commit.ready")
+        faults.point("commit.after_ready")
+        self._roll_forward(unit_id, attempt, marker)
+
+    def _roll_forward(self, unit_id: str, attempt: str, marker: dict[str, Any]) -> None:
+        staged = posixpath.join(self.staging_dir(unit_id), attempt)
+        for table in self.tables:
+            source = posixpath.join(staged, f"{table}.parquet")
+            if self.fs.exists(source):  # absent when a crash came after this move
                 self.fs.makedirs(self.table_dir(table), exist_ok=True)
-                self.fs.mv(staged, self.part_path(table, unit_id))
-        self.fs.makedirs(posixpath.dirname(self.marker_path(unit_id)), exist_ok=True)
-        with self.fs.open(self.marker_path(unit_id), "w") as f:
-            f.write(json.dumps(marker, indent=1))
-        self.fs.rm(staging, recursive=True)
+                self.fs.mv(source, self.part_path(table, unit_id))
+                faults.point("commit.after_move")
+        write_json(self.fs, self.marker_path(unit_id), marker, fault="commit.marker")
+        remove(self.fs, self.staging_dir(unit_id), recursive=True)
 
     def recover(self) -> tuple[int, int]:
-        """Finish commits that passed READY and delete the rest of staging/; returns (rolled, dropped)."""
+        """Finish commits that passed READY and delete the rest of staging/; returns (rolled, dropped).
+
+        Only the holder of the partition's lease may call this: it deletes what a live run would be writing.
+        """
         staging_root = posixpath.join(self.state_dir, "staging")
         rolled = dropped = 0
-        if not self.fs.exists(staging_root):
-            return 0, 0
-        for path in self.fs.ls(staging_root, detail=False):
-            unit_id = posixpath.basename(path.rstrip("/"))
-            if self.fs.exists(posixpath.join(path, "READY")):
-                self._roll_forward(unit_id)
+        for unit_id in list_names(self.fs, staging_root):
+            ready = read_json(self.fs, posixpath.join(staging_root, unit_id, "READY"))
+            if ready and {"attempt", "marker"} <= set(ready):
+                self._roll_forward(unit_id, ready["attempt"], ready["marker"])
                 rolled += 1
             else:
-                self.fs.rm(path, recursive=True)
+                remove(self.fs, posixpath.join(staging_root, unit_id), recursive=True)
                 dropped += 1
         return rolled, dropped
 
-    # --- reading ---
-    def markers(self) -> dict[str, dict[str, Any]]:
-        """Commit markers by unit id: the committed units of this partition."""
+    def retire(self, unit_ids: list[str]) -> None:
+        """Remove committed units: the marker first (readers stop seeing the unit), then its files."""
+        for unit_id in unit_ids:
+            remove(self.fs, self.marker_path(unit_id))
+            for table in self.tables:
+                remove(self.fs, self.part_path(table, unit_id))
+
+    def remove_orphans(self) -> int:
+        """Delete part files without a marker (left by a run killed while retiring units); returns how many.
+
+        Run after `recover`, under the lease: then every part file of a unit in commit has its marker.
+        """
+        committed = set(self.markers())
+        removed = 0
         commits = posixpath.join(self.state_dir, "commits")
-        if not self.fs.exists(commits):
-            return {}
-        paths = [p for p in self.fs.ls(commits, detail=False) if p.endswith(".json")]
-        out = {}
-        for raw in self.fs.cat(paths).values() if paths else ():
-            marker = json.loads(raw)
-            out[marker["unit_id"]] = marker
+        for folder in (*(self.table_dir(t) for t in self.tables), commits):
+            for name in list_names(self.fs, folder):
+                unit_id = name.removeprefix("part-").removesuffix(".parquet")
+                temporary = name.startswith(".") and name.endswith(".tmp")  # an atomic write cut short
+                if temporary or (name.startswith("part-") and unit_id not in committed):
+                    remove(self.fs, posixpath.join(folder, name))
+                    removed += 1
+        return removed
+
+    # --- reading ---
+    def markers(self) -> dict[str, Marker]:
+        """Commit markers by unit id: the committed units of this partition.
+
+        A marker that cannot be read (half-written by an older version) leaves its unit uncommitted; the log
+        says so, and the next commit of that unit replaces it.
+        """
+        commits = posixpath.join(self.state_dir, "commits")
+        names = [n for n in list_names(self.fs, commits) if n.endswith(".json")]
+        out: dict[str, Marker] = {}
+        if not names:
+            return out
+        raw = self.fs.cat([posixpath.join(commits, n) for n in names], on_error="return")
+        for path, data in raw.items():
+            unit_id = posixpath.basename(path).removesuffix(".json")
+            try:
+                body = json.loads(data)
+                if body.get("unit_id") != unit_id:
+                    raise ValueError("unit_id does not match the file name")
+            except (TypeError, ValueError, AttributeError) as exc:
+                log.warning(
+                    "unit %s is treated as uncommitted: its marker %s is unreadable (%s)", unit_id, path, exc
+                )
+                continue
+            out[unit_id] = Marker(unit_id, body, hashlib.sha256(data).hexdigest())
         return out
 
     def read(self, table: str, columns: list[str] | None = None, units: list[str] | None = None) -> pa.Table:
@@ -130,70 +207,13 @@ class Partition:
             return pa.table({})
         return pa.concat_tables(parts, promote_options="default")
 
-    def delete_all(self) -> None:
-        """Remove every file of this partition (tables and state)."""
-        for path in (
-            self.table_dir(self.embeddings_table),
-            self.table_dir(self.errors_table),
-            self.state_dir,
-        ):
-            if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
+    # --- the model that made the vectors ---
+    @property
+    def identity_path(self) -> str:
+        return posixpath.join(self.state_dir, "identity.json")
 
+    def identity(self) -> dict[str, Any] | None:
+        return read_json(self.fs, self.identity_path)
 
-def shadow_partition(target: Partition, run_id: str) -> Partition:
-    """Where an overwrite run writes, beside the partition it will replace once everything is committed."""
-    root = target.url(
-        posixpath.join(target.base, "_state", "overwrite", f"{target.kind}-{target.version}-{run_id}")
-    )
-    return Partition(
-        root=root, kind=target.kind, version=target.version, storage_options=target.storage_options
-    )
-
-
-def _swap_dirs(target: Partition, shadow: Partition) -> list[tuple[str, str]]:
-    tables = (target.embeddings_table, target.errors_table)
-    pairs = [(shadow.table_dir(t), target.table_dir(t)) for t in tables]
-    return [*pairs, (shadow.state_dir, target.state_dir)]
-
-
-def replace_with(target: Partition, shadow: Partition) -> None:
-    """Swap a committed shadow partition in for the target; idempotent, `recover_overwrites` finishes it.
-
-    A SWAP file marks the point of no return; then, folder by folder, the old one goes to trash/ and the
-    new one takes its place.
-    """
-    fs = target.fs
-    with fs.open(posixpath.join(shadow.base, "SWAP"), "w") as f:
-        f.write("swap in progress")
-    trash = posixpath.join(shadow.base, "trash")
-    for i, (new, old) in enumerate(_swap_dirs(target, shadow)):
-        if not fs.exists(new):
-            continue  # moved before a crash
-        if fs.exists(old):
-            dest = posixpath.join(trash, str(i))
-            if fs.exists(dest):
-                fs.rm(dest, recursive=True)
-            fs.makedirs(trash, exist_ok=True)
-            fs.mv(old, dest, recursive=True)
-        fs.makedirs(posixpath.dirname(old), exist_ok=True)
-        fs.mv(new, old, recursive=True)
-    fs.rm(shadow.base, recursive=True)
-
-
-def recover_overwrites(target: Partition) -> None:
-    """Finish swaps that passed their SWAP mark; delete overwrite runs that never got there."""
-    fs = target.fs
-    folder = posixpath.join(target.base, "_state", "overwrite")
-    if not fs.exists(folder):
-        return
-    prefix = f"{target.kind}-{target.version}-"
-    for path in fs.ls(folder, detail=False):
-        name = posixpath.basename(path.rstrip("/"))
-        if not name.startswith(prefix):
-            continue
-        shadow = shadow_partition(target, name[len(prefix) :])
-        if fs.exists(posixpath.join(path, "SWAP")):
-            replace_with(target, shadow)
-        else:
-            fs.rm(path, recursive=True)
+    def record_identity(self, identity: dict[str, Any]) -> None:
+        write_json(self.fs, self.identity_path, identity)

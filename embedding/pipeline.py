@@ -1,175 +1,32 @@
-"""The Ray Data plan: read units -> fetch, validate, decode, resize (CPU tasks) -> encode (actors).
+"""The Ray Data plan: read units -> fetch, validate, decode, resize (CPU tasks) -> encode (actors) -> write.
 
-`run_stream` executes the plan and hands every output batch to the sink. When blocks fail for good (a
-worker that keeps dying, a lost node), the rows they held never reach the sink; they are planned again in
-a second round with one row per batch, so a poison row fails alone, and a row that still kills its worker
-in the last round becomes a `WorkerCrashed` error row. No row is lost, none is taken twice.
+    read tasks (one per group of row groups) -> one packed row per unit -> streaming repartition (one unit a
+    block) -> decode (one task per unit) -> encode (actor pool) -> write (stage the unit's files)
+
+Rows never reach the driver: it gets one small result row per written unit and commits it (embedding.commit).
+When blocks fail for good (a worker that keeps dying, a lost node), their units are not committed after the
+first round; their missing rows are planned again in a second round with one row per block, so a poison row
+fails alone, and a row that still kills its worker becomes a `WorkerCrashed` error row. No row is lost, none
+is taken twice.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import hashlib
-import json
 import logging
-import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
+from embedding.commit import Committer
 from embedding.config import Config
 from embedding.encoder import ImageEncodeStage, TextEncodeStage
-from embedding.errors import ConfigError, EmbeddingError, ErrorCode
-from embedding.images import ImageLimits, Preprocess, decode
-from embedding.manifest import IMAGE_ID, TEXT_ID, read_rows, resolve_uri
-from embedding.rows import append_columns, fail_rows, pending_rows, pixels_array, timing_columns
-from embedding.sink import Sink
-from embedding.sources import SourceSettings, check_size, fetch
-from embedding.text import TextLimits, validate_text
+from embedding.errors import ConfigError
+from embedding.plan import Plan, ReadTask, UnitTask
+from embedding.sink import WriteSettings, finalize_unit, write_units
+from embedding.stages import DecodeSettings, ReadSettings, check_texts, decode_images, read_units
+from embedding.text import TextLimits
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReadSettings:
-    kind: str
-    carried: list[str]
-    has_uri: bool
-    has_inline: bool
-    storage_options: dict[str, dict]
-
-
-def read_units(batch: dict[str, np.ndarray], settings: ReadSettings) -> Iterator[pa.Table]:
-    """Unit descriptors (JSON) in, one stream table per unit out: its rows to process and preset errors.
-
-    One unit per read task on purpose: Ray Data merges the small outputs of a task into one block and
-    hands whole blocks to the next stage, so the unit is the grain of parallelism and of streaming.
-    """
-    id_col, body = (IMAGE_ID, ["uri", "image"]) if settings.kind == "image" else (TEXT_ID, ["text"])
-    present = [c for c in body if c != "uri" or settings.has_uri]
-    present = [c for c in present if c != "image" or settings.has_inline]
-    columns = [id_col, *present, *settings.carried]
-    for descriptor in batch["task"]:
-        unit = json.loads(descriptor)
-        table = read_rows(unit["source_file"], unit["start"], unit["stop"], columns, settings.storage_options)
-        positions = [r - unit["start"] for r in unit["rows"]]
-        yield _stream_rows(table.take(positions), unit, id_col, settings)
-
-
-def _stream_rows(rows: pa.Table, unit: dict[str, Any], id_col: str, settings: ReadSettings) -> pa.Table:
-    n = rows.num_rows
-    preset = [unit["preset"].get(str(r), [None, None, 0]) for r in unit["rows"]]
-    columns: dict[str, pa.Array] = {
-        "unit_id": pa.array([unit["unit_id"]] * n, pa.string()),
-        "source_file": pa.array([unit["source_file"]] * n, pa.string()),
-        "row_index": pa.array(unit["rows"], pa.int64()),
-        "id": rows.column(id_col).cast(pa.string()),
-    }
-    if settings.kind == "image":
-        uris = rows.column("uri").to_pylist() if settings.has_uri else [None] * n
-        columns["uri"] = pa.array([resolve_uri(u, unit["folder"]) if u else None for u in uris], pa.string())
-        if settings.has_inline:
-            columns["image"] = rows.column("image").cast(pa.large_binary())
-    else:
-        columns["text"] = rows.column("text")
-    for name in settings.carried:
-        columns[name] = rows.column(name)
-    columns["error_code"] = pa.array([p[0] for p in preset], pa.string())
-    columns["error_message"] = pa.array([p[1] for p in preset], pa.string())
-    columns["stage"] = pa.array(["manifest" if p[0] else None for p in preset], pa.string())
-    columns["attempts"] = pa.array([p[2] for p in preset], pa.int32())
-    return pa.table(columns)
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    source: SourceSettings
-    prep: Preprocess
-    limits: ImageLimits
-
-
-def _fetch_row(
-    row: int, uri: str | None, inline: bytes | None, settings: DecodeSettings, pool: cf.Executor
-) -> tuple[bytes, int]:
-    """The bytes of one row and the fetch attempts made. Raises EmbeddingError."""
-    if inline is not None:
-        check_size(len(inline), settings.source.max_bytes, f"inline image of row {row}")
-        return inline, 0
-    if not uri:
-        raise EmbeddingError(
-            ErrorCode.INVALID_MANIFEST_ROW, "the row has neither a uri nor inline image bytes"
-        )
-    return fetch(uri, settings.source, pool)
-
-
-def decode_images(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
-    """Fetch every pending row (threads: I/O bound) and decode each as it arrives (this task's one CPU).
-
-    Failures become error rows with the stage that failed (fetch or decode) and the attempts made.
-    """
-    started = time.time()
-    n = batch.num_rows
-    pending = pending_rows(batch)
-    uris = batch.column("uri").to_pylist()
-    inline = batch.column("image").to_pylist() if "image" in batch.column_names else [None] * n
-    pixels: list[np.ndarray | None] = [None] * n
-    width, height, sha = [None] * n, [None] * n, [None] * n
-    attempts = [a or 0 for a in batch.column("attempts").to_pylist()]
-    failed: dict[str, dict[int, tuple[ErrorCode, str]]] = {"fetch": {}, "decode": {}}
-    threads = max(1, min(settings.source.fetch.threads, len(pending)))
-    with cf.ThreadPoolExecutor(threads) as pool, cf.ThreadPoolExecutor(threads) as io:
-        futures = {pool.submit(_fetch_row, i, uris[i], inline[i], settings, io): i for i in pending}
-        for future in cf.as_completed(futures):
-            i = futures[future]
-            try:
-                data, tries = future.result()
-            except EmbeddingError as exc:
-                failed["fetch"][i] = (exc.code, exc.message)
-                attempts[i] += exc.attempts
-                continue
-            attempts[i] += tries
-            try:
-                decoded = decode(data, settings.prep, settings.limits)
-            except EmbeddingError as exc:
-                failed["decode"][i] = (exc.code, exc.message)
-                continue
-            pixels[i], width[i], height[i] = decoded.pixels, decoded.width, decoded.height
-            sha[i] = hashlib.sha256(data).hexdigest()
-    for stage, errors in failed.items():
-        batch = fail_rows(batch, errors, stage)
-    if "image" in batch.column_names:
-        batch = batch.drop_columns(["image"])
-    batch = batch.set_column(
-        batch.schema.get_field_index("attempts"), "attempts", pa.array(attempts, pa.int32())
-    )
-    return append_columns(
-        batch,
-        {
-            "width": pa.array(width, pa.int32()),
-            "height": pa.array(height, pa.int32()),
-            "content_sha256": pa.array(sha, pa.string()),
-            "pixels": pixels_array(pixels, settings.prep.size),
-            **timing_columns("decode", n, started, time.time()),
-        },
-    )
-
-
-def check_texts(batch: pa.Table, limits: TextLimits) -> pa.Table:
-    """Validate every pending text against the word limits; failures become InvalidText error rows."""
-    started = time.time()
-    texts = batch.column("text").to_pylist()
-    errors = {}
-    for i in pending_rows(batch):
-        try:
-            validate_text(texts[i], limits)
-        except EmbeddingError as exc:
-            errors[i] = (exc.code, exc.message)
-    batch = fail_rows(batch, errors, "validate")
-    return append_columns(batch, timing_columns("decode", batch.num_rows, started, time.time()))
 
 
 @dataclass(frozen=True)
@@ -181,48 +38,67 @@ class StageSettings:
     read: ReadSettings
     decode: DecodeSettings | None  # images
     text_limits: TextLimits | None  # texts
+    write: WriteSettings
     num_gpus_per_actor: float
 
 
-def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolate: bool):
-    """The Ray Data plan for some read tasks; `isolate` puts one row in each batch (second round)."""
+def load_stage_class(path: str) -> type:
+    """Import "module:Class"; raises ConfigError when it cannot be found."""
+    import importlib
+
+    module_name, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"inference.stage_class: cannot import {path!r}: {exc}") from exc
+
+
+def _cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: StageSettings, isolate: bool):
+    """The Ray Data plan for some read tasks; `isolate` sends one row at a time (the second round)."""
     import ray.data
 
     inference, prep = cfg.inference, cfg.preprocess
-    # One descriptor per block, and one block per task: Ray Data fuses the read and decode stages and
-    # bundles input blocks until a task has its batch_size rows, so a decode batch_size of N would put N
-    # units (one row each here) into one task and serialise them. With batch_size=None every task is one
-    # unit (or one row, when isolating), and the units spread over all the CPUs.
-    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, len(tasks)))
-    # The isolating round's few one-row tasks reserve no CPU: Ray Data lets go of its actors by dropping
-    # references, and an encoder that crashed on a poison row and was restarted can outlive the first
-    # round holding its CPU, which would leave these tasks waiting forever.
-    num_cpus = 0 if isolate else prep.num_cpus
+    cpus = _cluster_cpus()
+    ds = ray.data.from_items([{"task": t.to_json()} for t in tasks], override_num_blocks=max(1, len(tasks)))
+    # Reading is light I/O: no CPU reserved (a read task streams its units for as long as decoding takes
+    # them), a bounded number at once; and a resource shape unlike decoding's, so Ray Data keeps the two
+    # stages apart instead of decoding inside the read task.
     ds = ds.map_batches(
         read_units,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"settings": settings.read},
-        num_cpus=num_cpus,
+        fn_kwargs={"settings": settings.read, "buckets": buckets},
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(tasks), cpus))),
     )
+    ds = ds.repartition(target_num_rows_per_block=1)  # one packed unit (or row) per block
     if settings.kind == "image":
         prepare, kwargs, stage = decode_images, {"settings": settings.decode}, ImageEncodeStage
     else:
         prepare, kwargs, stage = check_texts, {"limits": settings.text_limits}, TextEncodeStage
+    # The isolating round reserves no CPU for its one-row tasks (an encoder restarted after a crash can
+    # outlive the first round holding a CPU) but runs at most one per CPU of the cluster.
+    concurrency = cpus if isolate else prep.concurrency
     ds = ds.map_batches(
         prepare,
         batch_size=None,
         batch_format="pyarrow",
-        compute=ray.data.TaskPoolStrategy(size=prep.concurrency) if prep.concurrency else None,
+        compute=ray.data.TaskPoolStrategy(size=concurrency) if concurrency else None,
         fn_kwargs=kwargs,
-        num_cpus=num_cpus,
+        num_cpus=0 if isolate else prep.num_cpus,
     )
     if inference.stage_class:
         stage = load_stage_class(inference.stage_class)
     with warnings.catch_warnings():
         # max_restarts/max_task_retries can only be passed as remote args, which Ray 2.5x marks deprecated.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return ds.map_batches(
+        ds = ds.map_batches(
             stage,
             fn_constructor_kwargs={
                 "version": settings.version,
@@ -245,62 +121,99 @@ def build_dataset(tasks: list[str], cfg: Config, settings: StageSettings, isolat
             max_restarts=-1,
             max_task_retries=inference.max_task_retries,
         )
+    # Writing reserves no CPU (Parquet encoding of a unit takes milliseconds) but runs a bounded number at
+    # once, so it never waits behind decode tasks for a CPU while the encoder's output piles up.
+    return ds.map_batches(
+        write_units,
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_kwargs={"settings": settings.write},
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=max(2, cpus)),
+    )
 
 
-def load_stage_class(path: str) -> type:
-    """Import "module:Class"; raises ConfigError when it cannot be found."""
-    import importlib
-
-    module_name, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"inference.stage_class: cannot import {path!r}: {exc}") from exc
+def _drain(ds, committer: Committer) -> None:
+    for results in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        committer.take(results)
 
 
-def _drain(ds, sink: Sink) -> None:
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-        sink.add(batch)
+def _finalizer(settings: StageSettings, buckets: list):
+    """Merges a split unit's pieces in a Ray task (rows are never handled by the driver)."""
+    import ray
+
+    task = ray.remote(num_cpus=0)(_finalize_task)
+
+    def finalize(unit_id: str, pieces: list[str], unit: UnitTask, crashed: str) -> dict[str, Any]:
+        return ray.get(task.remote(unit_id, pieces, crashed, settings.read, settings.write, buckets))
+
+    return finalize
 
 
-def run_stream(reads: list[dict], cfg: Config, settings: StageSettings, sink: Sink) -> dict[str, int]:
-    """Run the plan into the sink; isolate and account for rows whose blocks failed (module docstring).
+def _finalize_task(
+    unit_id: str, pieces: list[str], crashed: str, read: ReadSettings, write: WriteSettings, buckets: list
+) -> dict[str, Any]:
+    from embedding.errors import ErrorCode
+    from embedding.rows import fail_rows
+    from embedding.stages import _resolve, unit_rows
+
+    rows = None
+    if crashed:
+        # The rows that no worker survived: read again (without the staged pieces' rows), failed as crashed.
+        task = ReadTask.from_json(crashed)
+        message = (
+            "the worker failed on this row in every attempt (a crash or an error; see the Ray Data logs)"
+        )
+        for _, table in unit_rows(task, read, _resolve(buckets)):
+            rows = fail_rows(
+                table, dict.fromkeys(range(table.num_rows), (ErrorCode.WORKER_CRASHED, message)), "pipeline"
+            )
+    return finalize_unit(unit_id, pieces, rows, write)
+
+
+def run_stream(plan: Plan, cfg: Config, settings: StageSettings, committer: Committer) -> dict[str, int]:
+    """Run the plan's read tasks to committed units; isolate and account for rows of failed blocks.
 
     Failed blocks never abort a round (Ray Data drops them once their retries are spent, and restarts
-    crashed actors); their rows are simply missing from the sink afterwards. Returns rows per round.
+    crashed actors); their rows are simply missing afterwards. Returns rows per round.
     """
+    import ray
     import ray.data
 
-    from embedding.plan import restrict
-
+    buckets = [ray.put(b) if not isinstance(b, ray.ObjectRef) else b for b in plan.fates]
+    committer.finalize = _finalizer(settings, buckets)
     context = ray.data.DataContext.get_current()
     saved = context.max_errored_blocks
     context.max_errored_blocks = 1 << 30
+    first = sum(u.expected for u in plan.todo.values())
+    report = {"first": first, "isolated": 0, "crashed": 0}
     try:
-        report = {"first": sum(len(r["rows"]) for r in reads), "isolated": 0, "crashed": 0}
-        _drain(build_dataset([json.dumps(unit) for unit in reads], cfg, settings, isolate=False), sink)
-        retry = restrict(reads, sink.missing())
-        report["isolated"] = missing = sum(len(r["rows"]) for r in retry)
+        if plan.reads:
+            _drain(build_dataset(plan.reads, buckets, cfg, settings, isolate=False), committer)
+        missing = committer.missing_rows()
+        report["isolated"] = missing
         if not missing:
             return report
-        if missing > max(100, report["first"] // 2):
+        if missing > max(100, first // 2):
             # Not a poison row but a broken environment or a bug: fail, and let a rerun redo the units.
-            raise RuntimeError(
-                f"{missing} of {report['first']} rows failed in the pipeline; see the Ray Data logs"
-            )
+            raise RuntimeError(f"{missing} of {first} rows failed in the pipeline; see the Ray Data logs")
         log.warning("%d rows were in failed blocks; retrying them one by one", missing)
-        one_row_tasks = [json.dumps({**unit, "rows": [row]}) for unit in retry for row in unit["rows"]]
-        _drain(build_dataset(one_row_tasks, cfg, settings, isolate=True), sink)
+        _drain(
+            build_dataset(_isolating_reads(plan, committer), buckets, cfg, settings, isolate=True), committer
+        )
     finally:
         context.max_errored_blocks = saved
-    still = restrict(retry, sink.missing())
-    crashed = sum(len(r["rows"]) for r in still)
-    if crashed and crashed == missing and crashed > 1:
-        raise RuntimeError(f"all {crashed} rows retried one by one failed again; see the Ray Data logs")
-    message = "the worker failed on this row in every attempt (a crash or an error; see the Ray Data logs)"
-    for unit in still:
-        for table in read_units({"task": np.array([json.dumps(unit)])}, settings.read):
-            errors = {i: (ErrorCode.WORKER_CRASHED, message) for i in range(table.num_rows)}
-            sink.add(fail_rows(table, errors, "pipeline"))
-    report["crashed"] = crashed
+    units = committer.missing()
+    report["crashed"] = committer.missing_rows()
+    for unit_id, unit in units.items():
+        file_uri, file_index = committer.source[unit_id]
+        committer.complete(unit_id, ReadTask(file_uri, file_index, (unit,)).to_json())
     return report
+
+
+def _isolating_reads(plan: Plan, committer: Committer) -> list[ReadTask]:
+    tasks = []
+    for unit_id, unit in committer.missing().items():
+        file_uri, file_index = committer.source[unit_id]
+        tasks.append(ReadTask(file_uri, file_index, (unit,), isolate=True))
+    return tasks

@@ -1,119 +1,158 @@
-"""Planning a run: which manifest rows to process, which are done, and which fail before any fetch.
+"""Planning a run: which units to write, and what becomes of every manifest row.
 
-Every manifest row gets exactly one fate:
-- its unit is committed: skipped (or retried, for transient errors in resume mode, all errors with
-  --retry-errors), and the unit is re-committed with the retried rows superseding their old error rows;
-- no id: InvalidManifestRow; an id seen earlier in the manifest: DuplicateId (the first occurrence wins);
-- its id is committed in a unit of an older manifest (an appended or changed file): skipped as done;
+Every row of the current manifest gets exactly one fate:
+- its unit is committed: skipped, unless it holds errors to retry (transient ones in resume mode, every one
+  but the manifest's own with --retry-errors); then the unit is written again with those rows retried and
+  its other rows kept;
+- no id: InvalidManifestRow;
+- its id is committed in another unit of the current manifest, or appears earlier in the manifest (file
+  order, then row order): DuplicateId, naming where the first one lives;
+- its id is embedded in a superseded unit (a unit of a file that changed or left the manifest): the row
+  adopts that embedding (copied into its own unit, not computed again);
 - otherwise it is processed.
-Rows that fail here still travel through the stream as error rows, so the sink accounts for every row.
+Superseded units are retired once the run has committed every unit (or, for one whose rows were adopted, as
+soon as its adopters are committed), so the partition ends holding exactly the current manifest's rows.
+
+The driver handles units only. The row fates are found by Ray tasks (embedding.fates: ids hash-partitioned
+into buckets, one task per bucket) whose exception tables stay in Ray's object store (spilling as Ray does)
+until the read tasks take their slices; small runs do the same work in-process.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
+from embedding import fates
 from embedding.errors import TRANSIENT_CODES, ErrorCode
-from embedding.manifest import IMAGE_ID, TEXT_ID, ManifestFile, Unit, read_column
-from embedding.outputs import Partition
-from embedding.sink import UnitWork
+from embedding.manifest import IMAGE_ID, TEXT_ID, ManifestFile, Unit
+from embedding.outputs import Marker, Partition
 
-# Errors that come from the manifest itself: retrying them cannot change the outcome.
 MANIFEST_CODES = frozenset({ErrorCode.INVALID_MANIFEST_ROW, ErrorCode.DUPLICATE_ID})
+ROWS_PER_TASK = 2_000_000  # ids a planning task handles at most (a few hundred MB at worst)
+ROWS_PER_BUCKET = 2_000_000
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """One unit to write in this run."""
+
+    unit_id: str
+    start: int
+    stop: int
+    mode: str  # "new": every row; "retry": only the rows whose errors are retried, the rest kept
+    expected: int  # stream rows the unit will receive
+    skip: tuple[tuple[int, int], ...] = ()  # row ranges [a, b] already received (isolating round)
+
+    def skips(self, row: int) -> bool:
+        return any(a <= row <= b for a, b in self.skip)
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """One read task: units of one manifest file whose row groups overlap, so each group is read once."""
+
+    file_uri: str
+    file_index: int
+    units: tuple[UnitTask, ...]
+    isolate: bool = False  # emit every row alone (the isolating round: a poison row fails by itself)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ReadTask:
+        raw = json.loads(text)
+        units = tuple(
+            UnitTask(**{**u, "skip": tuple(tuple(r) for r in u.get("skip", ()))}) for u in raw["units"]
+        )
+        return cls(raw["file_uri"], raw["file_index"], units, raw.get("isolate", False))
 
 
 @dataclass
 class PlanCounts:
     rows_in: int = 0
-    skipped_done: int = 0
-    retried: int = 0
+    skipped_done: int = 0  # rows of committed units that are not written again
     new: int = 0
+    adopted: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    retry_planned: int = 0
     units_total: int = 0
     units_skipped: int = 0
+    units_superseded: int = 0
 
 
 @dataclass
 class Plan:
     kind: str
-    units: list[Unit]
-    work: dict[str, UnitWork]
-    reads: list[dict]  # one descriptor per unit with rows to read: a read task (see pipeline.read_units)
+    files: list[ManifestFile]
+    todo: dict[str, UnitTask]
+    reads: list[ReadTask]
+    superseded: list[str]  # committed units not of the current manifest, retired by this run
+    adopters: dict[str, set[str]]  # superseded unit -> units that adopt rows from it
+    fates: list[Any]  # per bucket: the exception table (an ObjectRef under Ray)
     counts: PlanCounts = field(default_factory=PlanCounts)
 
 
-def _ids(files: list[ManifestFile], kind: str, storage_options: dict) -> tuple[pa.Array, np.ndarray]:
-    """All ids of the manifest in order, and whether each row is the first occurrence of its id."""
-    column = IMAGE_ID if kind == "image" else TEXT_ID
-    chunks = [read_column(f, column, storage_options).cast(pa.string()) for f in files]
-    ids = pa.chunked_array([c for chunked in chunks for c in chunked.chunks], pa.string()).combine_chunks()
-    positions = pa.array(np.arange(len(ids), dtype=np.int64))
-    firsts = pa.table({"id": ids, "pos": positions}).group_by("id").aggregate([("pos", "min")])
-    first_pos = firsts.column("pos_min").to_numpy()
-    is_first = np.zeros(len(ids), dtype=bool)
-    is_first[first_pos] = True
-    return ids, is_first
+class LocalTasks:
+    """Runs planning work in this process (small runs, tests)."""
+
+    def submit(self, fn: Callable, *args: Any, num_returns: int = 1) -> Any:
+        return fn(*args)
+
+    def get(self, handles: Any) -> Any:
+        return handles
 
 
-def _retry_rows(partition: Partition, markers: dict[str, dict], retry_errors: bool) -> dict[str, pa.Table]:
-    """Error rows to retry, per committed unit: transient ones, or every non-manifest one."""
-    wanted = {
-        u
-        for u, m in markers.items()
-        if any(
-            (retry_errors or c in TRANSIENT_CODES) and c not in MANIFEST_CODES for c in m["errors_by_code"]
-        )
-    }
-    if not wanted:
-        return {}
-    errors = partition.read(partition.errors_table, units=sorted(wanted))
-    codes = errors.column("error_code").to_pylist()
-    keep = [(retry_errors or c in TRANSIENT_CODES) and c not in MANIFEST_CODES for c in codes]
-    retry = errors.filter(pa.array(keep))
-    return {u: retry.filter(pc.equal(retry.column("unit_id"), u)) for u in wanted}
+class RayTasks:
+    """Runs planning work as Ray tasks; results stay in the object store until asked for."""
+
+    def submit(self, fn: Callable, *args: Any, num_returns: int = 1) -> Any:
+        import ray
+
+        return ray.remote(fn).options(num_returns=num_returns, num_cpus=1).remote(*args)
+
+    def get(self, handles: Any) -> Any:
+        import ray
+
+        return ray.get(handles)
 
 
-def _done_elsewhere(partition: Partition, markers: dict[str, dict], current: set[str]) -> pa.Array:
-    """Ids committed in units that are not part of the current manifest (older versions of it)."""
-    stale = sorted(set(markers) - current)
-    if not stale:
-        return pa.array([], pa.string())
-    id_col = "image_id" if partition.kind == "image" else "text_id"
-    embedded = partition.read(partition.embeddings_table, columns=[id_col], units=stale)
-    errors = partition.read(partition.errors_table, columns=[id_col, "error_code"], units=stale)
-    if errors.num_rows:
-        errors = errors.filter(
-            pc.invert(pc.is_in(errors.column("error_code"), pa.array(sorted(MANIFEST_CODES))))
-        )
-    parts = [t.column(id_col) for t in (embedded, errors) if t.num_rows]
-    return pa.chunked_array(parts, pa.string()).combine_chunks() if parts else pa.array([], pa.string())
+def retryable(code: str, retry_errors: bool) -> bool:
+    return code not in MANIFEST_CODES and (retry_errors or code in TRANSIENT_CODES)
 
 
-def _descriptor(unit: Unit, rows: list[int], preset: dict[int, list]) -> dict:
-    """What a read task needs to know of one unit: which rows to emit, and their preset errors."""
-    return {
-        "unit_id": unit.unit_id,
-        "source_file": unit.file.uri,
-        "folder": unit.file.folder,
-        "start": unit.start,
-        "stop": unit.stop,
-        "rows": rows,
-        "preset": {str(k): v for k, v in preset.items()},
-    }
+def _retry_rows(marker: Marker, retry_errors: bool) -> int:
+    return sum(n for code, n in marker["errors_by_code"].items() if retryable(code, retry_errors))
 
 
-def restrict(reads: list[dict], missing: dict[str, set[int]]) -> list[dict]:
-    """The descriptors again, with only the rows that are still missing."""
-    out = []
-    for unit in reads:
-        rows = sorted(missing.get(unit["unit_id"], ()))
-        if rows:
-            preset = {str(r): unit["preset"][str(r)] for r in rows if str(r) in unit["preset"]}
-            out.append({**unit, "rows": rows, "preset": preset})
-    return out
+def _read_tasks(files: list[ManifestFile], units: list[Unit], todo: dict[str, UnitTask]) -> list[ReadTask]:
+    tasks: list[ReadTask] = []
+    index = {f.uri: i for i, f in enumerate(files)}
+    current: list[UnitTask] = []
+    current_file, last_group = None, -1
+    for unit in units:
+        work = todo.get(unit.unit_id)
+        if work is None:
+            continue
+        first, last = unit.file.groups_of(unit.start, unit.stop)
+        if current and (unit.file.uri != current_file or first > last_group):
+            tasks.append(ReadTask(current_file, index[current_file], tuple(current)))
+            current = []
+        current.append(work)
+        current_file, last_group = unit.file.uri, last
+    if current:
+        tasks.append(ReadTask(current_file, index[current_file], tuple(current)))
+    return tasks
+
+
+def _where(marker: Marker) -> str:
+    body = marker.body
+    return f"unit {marker.unit_id} ({body.get('source_file')} rows {body.get('start')}-{body.get('stop')})"
 
 
 def make_plan(
@@ -121,61 +160,128 @@ def make_plan(
     files: list[ManifestFile],
     units: list[Unit],
     partition: Partition,
-    markers: dict[str, dict],
+    markers: dict[str, Marker],
     retry_errors: bool,
     storage_options: dict,
+    unit_rows: int,
+    tasks: LocalTasks | RayTasks | None = None,
 ) -> Plan:
     """Decide the fate of every manifest row (see the module docstring)."""
-    ids, is_first = _ids(files, kind, storage_options)
-    valid = pc.and_(pc.is_valid(ids), pc.greater(pc.utf8_length(pc.fill_null(ids, "")), 0)).to_numpy(
-        zero_copy_only=False
-    )
-    done = pc.is_in(ids, value_set=_done_elsewhere(partition, markers, {u.unit_id for u in units}))
-    done = done.to_numpy(zero_copy_only=False)
-    retries = _retry_rows(partition, markers, retry_errors)
-    counts = PlanCounts(rows_in=len(ids), units_total=len(units))
-    work: dict[str, UnitWork] = {}
-    reads: list[dict] = []
-    offsets = np.cumsum([0] + [f.num_rows for f in files])
-    file_offset = {f.uri: int(o) for f, o in zip(files, offsets, strict=False)}
+    tasks = tasks or LocalTasks()
+    counts = PlanCounts(rows_in=sum(f.num_rows for f in files), units_total=len(units))
+    current_ids = {u.unit_id for u in units}
+    superseded = sorted(set(markers) - current_ids)
+    counts.units_superseded = len(superseded)
+    todo: dict[str, UnitTask] = {}
     for unit in units:
-        base = file_offset[unit.file.uri]
-        if unit.unit_id in markers:
-            retry = retries.get(unit.unit_id)
-            if retry is None or retry.num_rows == 0:
-                counts.units_skipped += 1
-                counts.skipped_done += unit.num_rows
-                continue
-            rows = sorted(retry.column("row_index").to_pylist())
-            old = partition.read(partition.errors_table, units=[unit.unit_id]).drop_columns(["unit_id"])
-            attempts = dict(
-                zip(retry.column("row_index").to_pylist(), retry.column("attempts").to_pylist(), strict=True)
-            )
-            kept_errors = old.filter(pc.invert(pc.is_in(old.column("row_index"), pa.array(rows, pa.int64()))))
-            kept = partition.read(partition.embeddings_table, units=[unit.unit_id]).drop_columns(["unit_id"])
-            work[unit.unit_id] = UnitWork(unit, set(rows), kept_embeddings=kept, kept_errors=kept_errors)
-            reads.append(_descriptor(unit, rows, {r: [None, None, attempts[r]] for r in rows}))
-            counts.retried += len(rows)
-            counts.skipped_done += unit.num_rows - len(rows)
+        marker = markers.get(unit.unit_id)
+        if marker is None:
+            todo[unit.unit_id] = UnitTask(unit.unit_id, unit.start, unit.stop, "new", unit.num_rows)
             continue
-        rows, preset = [], {}
-        for row in range(unit.start, unit.stop):
-            g = base + row
-            if not valid[g]:
-                preset[row] = [ErrorCode.INVALID_MANIFEST_ROW.value, "the row has no id", 0]
-            elif not is_first[g]:
-                preset[row] = [
-                    ErrorCode.DUPLICATE_ID.value,
-                    f"id {ids[g].as_py()!r} appears earlier in the manifest",
-                    0,
-                ]
-            elif done[g]:
-                counts.skipped_done += 1
-                continue
-            else:
-                counts.new += 1
-            rows.append(row)
-        work[unit.unit_id] = UnitWork(unit, set(rows))
-        if rows:
-            reads.append(_descriptor(unit, rows, preset))
-    return Plan(kind=kind, units=units, work=work, reads=reads, counts=counts)
+        retry = _retry_rows(marker, retry_errors)
+        if retry:
+            todo[unit.unit_id] = UnitTask(unit.unit_id, unit.start, unit.stop, "retry", retry)
+            counts.retry_planned += retry
+        else:
+            counts.units_skipped += 1
+        counts.skipped_done += unit.num_rows - retry
+    plan = Plan(kind, files, todo, _read_tasks(files, units, todo), superseded, {}, [], counts)
+    new_units = [u for u in units if u.unit_id in todo and todo[u.unit_id].mode == "new"]
+    if new_units:
+        _plan_rows(plan, new_units, partition, markers, current_ids, storage_options, unit_rows, tasks)
+    return plan
+
+
+def _chunks(items: list, size: Callable[[Any], int], limit: int) -> list[list]:
+    """Consecutive items in groups of at most `limit` by size (an item larger than it is a group alone)."""
+    groups: list[list] = [[]]
+    total = 0
+    for item in items:
+        if groups[-1] and total + size(item) > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += size(item)
+    return [g for g in groups if g]
+
+
+def _as_list(parts: Any, n: int) -> list:
+    return parts if isinstance(parts, list | tuple) else [parts]  # Ray returns one ref when n == 1
+
+
+def _plan_rows(
+    plan: Plan,
+    new_units: list[Unit],
+    partition: Partition,
+    markers: dict[str, Marker],
+    current_ids: set[str],
+    storage_options: dict,
+    unit_rows: int,
+    tasks: LocalTasks | RayTasks,
+) -> None:
+    """Run the two stages of embedding.fates over the new units' rows and the committed ids."""
+    column = IMAGE_ID if plan.kind == "image" else TEXT_ID
+    held = [
+        fates.CommittedUnit(
+            m.unit_id,
+            fates.CURRENT if m.unit_id in current_ids else fates.SUPERSEDED,
+            _where(m),
+            m["rows_embedded"],
+            m["rows_failed"],
+        )
+        for m in markers.values()
+    ]
+    planned = sum(u.num_rows for u in new_units) + sum(c.embedded + c.failed for c in held)
+    n = max(1, math.ceil(planned / ROWS_PER_BUCKET))
+    index = {f.uri: i for i, f in enumerate(plan.files)}
+    manifest_parts, committed_parts = [], []
+    by_file: dict[str, list[Unit]] = {}
+    for unit in new_units:
+        by_file.setdefault(unit.file.uri, []).append(unit)
+    for uri, file_units in by_file.items():
+        for chunk in _chunks(file_units, lambda u: u.num_rows, ROWS_PER_TASK):
+            ranges = [(u.start, u.stop) for u in chunk]
+            parts = tasks.submit(
+                fates.manifest_part,
+                chunk[0].file,
+                index[uri],
+                ranges,
+                column,
+                storage_options,
+                n,
+                num_returns=n,
+            )
+            manifest_parts.append(_as_list(parts, n))
+    for group in _chunks(held, lambda c: c.embedded + c.failed, ROWS_PER_TASK):
+        args = (partition.root, partition.storage_options, partition.tables, partition.version, group, n)
+        committed_parts.append(_as_list(tasks.submit(fates.committed_part, *args, num_returns=n), n))
+    uris = [f.uri for f in plan.files]
+    decisions = [
+        tasks.submit(
+            _decide,
+            uris,
+            unit_rows,
+            len(manifest_parts),
+            *[p[b] for p in manifest_parts],
+            *[p[b] for p in committed_parts],
+            num_returns=3,
+        )
+        for b in range(n)
+    ]
+    starts = {(index[u.file.uri], u.start): u.unit_id for u in new_units}
+    mask = (1 << fates.ROW_BITS) - 1
+    for counts_handle, exceptions, adopters_handle in decisions:
+        counts = tasks.get(counts_handle)
+        for key in ("new", "adopted", "duplicates", "invalid"):
+            setattr(plan.counts, key, getattr(plan.counts, key) + counts[key])
+        adopters = tasks.get(adopters_handle)
+        for unit_pos, source in zip(
+            adopters.column("unit_pos").to_pylist(), adopters.column("adopt_from").to_pylist(), strict=True
+        ):
+            plan.adopters.setdefault(source, set()).add(starts[(unit_pos >> fates.ROW_BITS, unit_pos & mask)])
+        plan.fates.append(exceptions)
+
+
+def _decide(uris: list[str], unit_rows: int, n_manifest: int, *parts: Any) -> tuple:
+    decision = fates.decide(list(parts[:n_manifest]), list(parts[n_manifest:]), uris, unit_rows)
+    return decision.counts, decision.exceptions, decision.adopters

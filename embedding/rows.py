@@ -4,9 +4,12 @@ Every manifest row travels as one stream row from reading to the sink, carrying 
 either its pixels (later its embedding) or an error. Error rows pass through the later stages untouched,
 so the sink sees each row exactly once.
 
-Columns: unit_id, source_file, row_index, id, uri | text, the carried columns, width, height,
-content_sha256, error_code, error_message, stage, attempts, then pixels (fixed_size_binary of H*W*3 uint8)
-until the encoder replaces it with embedding (fixed_size_list<float32, D>).
+Columns: unit_id, source_file, row_index, id, uri | text, the carried columns, error_code, error_message,
+stage, attempts, adopt_from (the superseded unit whose embedding of this id the row takes over), unit_rows
+(how many stream rows its unit has: the write stage knows when it holds a whole unit) and unit_mode (new or
+retry), then width, height,
+content_sha256 and pixels (fixed_size_binary of H*W*3 uint8) until the encoder replaces the pixels with
+embedding (fixed_size_list<float32, D>), and per-row timing columns (METRIC_PREFIX).
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ def embedding_type(dim: int, dtype: str = "float32") -> pa.DataType:
 
 
 def pending_rows(batch: pa.Table) -> list[int]:
-    """Positions of rows that have no error (yet)."""
-    return np.flatnonzero(pc.is_null(batch.column("error_code")).to_numpy(zero_copy_only=False)).tolist()
+    """Positions of rows still to compute: no error (yet), and not adopted from a superseded unit."""
+    todo = pc.is_null(batch.column("error_code"))
+    if "adopt_from" in batch.column_names:
+        todo = pc.and_(todo, pc.is_null(batch.column("adopt_from")))
+    return np.flatnonzero(todo.to_numpy(zero_copy_only=False)).tolist()
 
 
 def fail_rows(batch: pa.Table, errors: dict[int, tuple[ErrorCode, str]], stage: str) -> pa.Table:

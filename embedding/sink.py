@@ -1,24 +1,49 @@
-"""The sink: gathers stream rows per unit and commits each unit once all of its rows have arrived.
+"""Writing units, in the workers: a unit's stream rows become its embeddings and errors tables, staged.
 
-Each unit's good rows go to the embeddings table and its failed rows to the errors table, both written with
-explicit schemas of plain Arrow types and file metadata that records the model version, architecture,
-weights checksum, preprocessing, package version and run id.
+The write stage gets the encoder's output blocks; a block holds whole units (Ray Data bundles whole decode
+blocks, one unit each, for the encoder) except when a unit was split (the isolating round sends one row at a
+time). A whole unit is assembled and staged at once; a piece is staged as it is, and `finalize_unit` merges a
+unit's pieces once all have arrived. Either way the driver gets one small result row per unit or piece
+(`RESULT`) and commits the unit by its marker (embedding.outputs). Both tables are written with explicit
+schemas of plain Arrow types and file metadata naming the model version, architecture, weights checksum,
+preprocessing, package version and run id.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from embedding.manifest import Unit
 from embedding.outputs import Partition
 from embedding.rows import METRIC_PREFIX, embedding_type
+
+STAGES = ("decode", "encode")
+RESULT = pa.schema(
+    [
+        ("unit_id", pa.string()),
+        ("whole", pa.bool_()),
+        ("attempt", pa.string()),
+        ("rows", pa.int64()),
+        ("first_row", pa.int64()),
+        ("last_row", pa.int64()),
+        ("embedded", pa.int64()),  # rows embedded in this run (adopted and kept rows not counted)
+        ("adopted", pa.int64()),
+        ("retried", pa.int64()),
+        ("failed_by_code", pa.string()),  # JSON: this run's failed rows by code
+        ("marker", pa.string()),  # JSON: the counts of the unit's final tables (whole units)
+        *[(f"{s}_{m}", pa.float64()) for s in STAGES for m in ("busy_s", "t0", "t1")],
+        ("encode_wait_s", pa.float64()),
+        ("write_s", pa.float64()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -67,136 +92,180 @@ class OutputSchemas:
         return pa.schema(fields, metadata=self.file_metadata)
 
 
-@dataclass
-class UnitWork:
-    """What the sink expects for one unit, and what it keeps from an earlier commit of it."""
+@dataclass(frozen=True)
+class WriteSettings:
+    schemas: OutputSchemas
+    root: str
+    storage_options: dict
+    version: str
+    compression: str
 
-    unit: Unit
-    expected: set[int]  # row indices that will arrive from the stream
-    kept_embeddings: pa.Table | None = None  # a re-committed unit keeps its earlier good rows
-    kept_errors: pa.Table | None = None  # and its errors that were not retried
-    received: list[pa.Table] = field(default_factory=list)
-    seen: set[int] = field(default_factory=set)
-
-    @property
-    def complete(self) -> bool:
-        return self.seen >= self.expected
-
-
-@dataclass
-class SinkStats:
-    units_committed: int = 0
-    rows_embedded: int = 0
-    errors_by_code: dict[str, int] = field(default_factory=dict)
-    write_seconds: float = 0.0
-    metrics: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per-row stage timings
-
-
-class Sink:
-    def __init__(
-        self,
-        partition: Partition,
-        schemas: OutputSchemas,
-        work: dict[str, UnitWork],
-        run_id: str,
-        compression: str = "zstd",
-    ):
-        self.partition = partition
-        self.schemas = schemas
-        self.work = work
-        self.run_id = run_id
-        self.compression = compression
-        self.stats = SinkStats()
-
-    def commit_empty(self) -> None:
-        """Units that expect no stream rows (all skipped or kept) are committed at once."""
-        for unit_id in [u for u, w in self.work.items() if w.complete]:
-            self._commit(unit_id)
-
-    def add(self, batch: pa.Table) -> None:
-        """Take one batch of stream rows; commit every unit it completes."""
-        if batch.num_rows == 0:
-            return
-        for name in [n for n in batch.column_names if n.startswith(METRIC_PREFIX)]:
-            self.stats.metrics.setdefault(name, []).append(batch.column(name).to_numpy(zero_copy_only=False))
-        units = batch.column("unit_id").to_pylist()
-        rows = batch.column("row_index").to_pylist()
-        by_unit: dict[str, list[int]] = {}
-        for position, (unit_id, row) in enumerate(zip(units, rows, strict=True)):
-            work = self.work.get(unit_id)
-            if work is None or row in work.seen or row not in work.expected:
-                continue  # a row delivered twice (a retried task) is taken once
-            work.seen.add(row)
-            by_unit.setdefault(unit_id, []).append(position)
-        for unit_id, positions in by_unit.items():
-            self.work[unit_id].received.append(batch.take(positions))
-            if self.work[unit_id].complete:
-                self._commit(unit_id)
-
-    def missing(self) -> dict[str, set[int]]:
-        """Row indices per uncommitted unit that never arrived (their block failed)."""
-        return {u: w.expected - w.seen for u, w in self.work.items()}
-
-    def _commit(self, unit_id: str) -> None:
-        started = time.perf_counter()
-        work = self.work.pop(unit_id)
-        rows = pa.concat_tables(work.received, promote_options="default") if work.received else None
-        embeddings, errors = self._split(rows)
-        if work.kept_embeddings is not None:
-            embeddings = pa.concat_tables([work.kept_embeddings.cast(embeddings.schema), embeddings])
-        if work.kept_errors is not None:
-            errors = pa.concat_tables([work.kept_errors.cast(errors.schema), errors])
-        codes = pc.value_counts(errors.column("error_code")).to_pylist() if errors.num_rows else []
-        by_code = {c["values"]: c["counts"] for c in codes}
-        marker = {
-            "unit_id": unit_id,
-            "kind": self.schemas.kind,
-            "model_version": self.partition.version,
-            "source_file": work.unit.file.uri,
-            "file_version": work.unit.file.version,
-            "start": work.unit.start,
-            "stop": work.unit.stop,
-            "rows_embedded": embeddings.num_rows,
-            "rows_failed": errors.num_rows,
-            "errors_by_code": by_code,
-            "run_id": self.run_id,
-            "committed_at": time.time(),
-            "compression": self.compression,
-        }
-        self.partition.commit(unit_id, embeddings, errors, marker)
-        self.stats.units_committed += 1
-        self.stats.rows_embedded += (rows.num_rows - _failed_count(rows)) if rows is not None else 0
-        if rows is not None:
-            failed = rows.filter(pc.is_valid(rows.column("error_code")))
-            for code in failed.column("error_code").to_pylist():
-                self.stats.errors_by_code[code] = self.stats.errors_by_code.get(code, 0) + 1
-        self.stats.write_seconds += time.perf_counter() - started
-
-    def _split(self, rows: pa.Table | None) -> tuple[pa.Table, pa.Table]:
-        emb_schema, err_schema = self.schemas.embeddings(), self.schemas.errors()
-        if rows is None or rows.num_rows == 0:
-            return emb_schema.empty_table(), err_schema.empty_table()
-        rows = rows.rename_columns([self.schemas.id_column if n == "id" else n for n in rows.column_names])
-        failed_mask = pc.is_valid(rows.column("error_code"))
-        good, bad = rows.filter(pc.invert(failed_mask)), rows.filter(failed_mask)
-        n = good.num_rows
-        good = good.append_column(
-            "model_version",
-            pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(n, np.int32)), pa.array([self.partition.version])
-            ),
-        )
-        return _conform(good, emb_schema), _conform(bad, err_schema)
-
-
-def _failed_count(rows: pa.Table) -> int:
-    return rows.num_rows - rows.column("error_code").null_count
+    def partition(self) -> Partition:
+        return Partition(self.root, self.schemas.kind, self.version, self.storage_options)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Select and cast the stream columns into an output schema (metadata included)."""
-    columns = [table.column(f.name).cast(f.type) for f in schema]
+    """Select and cast columns into an output schema (metadata included); absent columns are null."""
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _model_version(n: int, version: str) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([version]))
+
+
+def assemble(rows: pa.Table, settings: WriteSettings) -> tuple[pa.Table, pa.Table]:
+    """A whole unit's stream rows -> its two tables, with adopted rows and (retried units) kept rows."""
+    schemas, partition = settings.schemas, settings.partition()
+    rows = rows.rename_columns([schemas.id_column if n == "id" else n for n in rows.column_names])
+    failed = pc.is_valid(rows.column("error_code"))
+    adopted = pc.and_(pc.invert(failed), pc.is_valid(rows.column("adopt_from")))
+    good = rows.filter(pc.invert(pc.or_(failed, adopted)))
+    good = good.append_column("model_version", _model_version(good.num_rows, settings.version))
+    embeddings = [_conform(good, schemas.embeddings())]
+    errors = [_conform(rows.filter(failed), schemas.errors())]
+    taken = rows.filter(adopted)
+    for source in pc.unique(taken.column("adopt_from")).to_pylist():
+        ids = taken.filter(pc.equal(taken.column("adopt_from"), source)).column(schemas.id_column)
+        old = _read_part(partition, partition.embeddings_table, source)
+        old = old.filter(pc.is_in(old.column(schemas.id_column), ids))
+        embeddings.append(_conform(old, schemas.embeddings()))
+    if rows.num_rows and rows.column("unit_mode")[0].as_py() == "retry":
+        unit_id = rows.column("unit_id")[0].as_py()
+        old_emb = _read_part(partition, partition.embeddings_table, unit_id)
+        old_err = _read_part(partition, partition.errors_table, unit_id)
+        redone = pc.is_in(old_err.column("row_index"), rows.column("row_index"))
+        embeddings.insert(0, _conform(old_emb, schemas.embeddings()))
+        errors.insert(0, _conform(old_err.filter(pc.invert(redone)), schemas.errors()))
+    return pa.concat_tables(embeddings), pa.concat_tables(errors).sort_by("row_index")
+
+
+def _read_part(partition: Partition, table: str, unit_id: str) -> pa.Table:
+    return pq.read_table(partition.part_path(table, unit_id), filesystem=partition.fs)
+
+
+def _metrics(rows: pa.Table) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for stage in STAGES:
+        busy = f"{METRIC_PREFIX}{stage}_s"
+        present = busy in rows.column_names and rows.num_rows
+        out[f"{stage}_busy_s"] = float(pc.sum(rows.column(busy)).as_py() or 0.0) if present else 0.0
+        out[f"{stage}_t0"] = (
+            float(pc.min(rows.column(f"{METRIC_PREFIX}{stage}_t0")).as_py()) if present else 0.0
+        )
+        out[f"{stage}_t1"] = (
+            float(pc.max(rows.column(f"{METRIC_PREFIX}{stage}_t1")).as_py()) if present else 0.0
+        )
+    wait = f"{METRIC_PREFIX}encode_wait_s"
+    out["encode_wait_s"] = (
+        float(pc.sum(rows.column(wait)).as_py() or 0.0) if wait in rows.column_names else 0.0
+    )
+    return out
+
+
+def _counts(rows: pa.Table) -> dict[str, Any]:
+    failed = rows.filter(pc.is_valid(rows.column("error_code")))
+    by_code = {c["values"]: c["counts"] for c in pc.value_counts(failed.column("error_code")).to_pylist()}
+    adopted = rows.num_rows - failed.num_rows - len(pending(rows))
+    retried = rows.num_rows if rows.num_rows and rows.column("unit_mode")[0].as_py() == "retry" else 0
+    return {
+        "embedded": rows.num_rows - failed.num_rows - adopted,
+        "adopted": adopted,
+        "retried": retried,
+        "failed_by_code": json.dumps(by_code, sort_keys=True),
+    }
+
+
+def pending(rows: pa.Table) -> np.ndarray:
+    todo = pc.and_(pc.is_null(rows.column("error_code")), pc.is_null(rows.column("adopt_from")))
+    return np.flatnonzero(todo.to_numpy(zero_copy_only=False))
+
+
+def _stage_whole(
+    rows: pa.Table, settings: WriteSettings, started: float, base: dict[str, Any]
+) -> dict[str, Any]:
+    embeddings, errors = assemble(rows, settings)
+    partition = settings.partition()
+    attempt = "whole-" + secrets.token_hex(6)
+    partition.write_staged(
+        rows.column("unit_id")[0].as_py(),
+        attempt,
+        {partition.embeddings_table: embeddings, partition.errors_table: errors},
+        settings.compression,
+    )
+    codes = pc.value_counts(errors.column("error_code")).to_pylist() if errors.num_rows else []
+    marker = {
+        "rows_embedded": embeddings.num_rows,
+        "rows_failed": errors.num_rows,
+        "errors_by_code": {c["values"]: c["counts"] for c in codes},
+    }
+    return {
+        **base,
+        "whole": True,
+        "attempt": attempt,
+        "marker": json.dumps(marker),
+        "write_s": time.time() - started,
+    }
+
+
+def write_units(batch: pa.Table, settings: WriteSettings) -> pa.Table:
+    """Ray Data stage: stage every whole unit of the block, and stage pieces of split units as they are."""
+    out = []
+    for unit_id in pc.unique(batch.column("unit_id")).to_pylist():
+        started = time.time()
+        rows = batch.filter(pc.equal(batch.column("unit_id"), unit_id)).sort_by("row_index")
+        index = rows.column("row_index")
+        base = {
+            "unit_id": unit_id,
+            "rows": rows.num_rows,
+            "first_row": pc.min(index).as_py(),
+            "last_row": pc.max(index).as_py(),
+            **_counts(rows),
+            **_metrics(rows),
+        }
+        if rows.num_rows == rows.column("unit_rows")[0].as_py():
+            out.append(_stage_whole(rows, settings, started, base))
+            continue
+        attempt = f"piece-{base['first_row']}-{secrets.token_hex(6)}"
+        keep = [c for c in rows.column_names if c not in ("pixels", "image")]
+        settings.partition().write_staged(unit_id, attempt, {"rows": rows.select(keep)}, settings.compression)
+        out.append(
+            {**base, "whole": False, "attempt": attempt, "marker": None, "write_s": time.time() - started}
+        )
+    return pa.Table.from_pylist(out, schema=RESULT)
+
+
+def finalize_unit(unit_id: str, pieces: list[str], crashed: pa.Table | None, settings: WriteSettings) -> dict:
+    """Merge a unit's staged pieces (and its rows that crashed every worker) into a whole staged unit."""
+    started = time.time()
+    partition = settings.partition()
+    parts = [
+        pq.read_table(f"{partition.staging_dir(unit_id)}/{attempt}/rows.parquet", filesystem=partition.fs)
+        for attempt in pieces
+    ]
+    if crashed is not None and crashed.num_rows:
+        parts.append(crashed)
+    rows = pa.concat_tables(parts, promote_options="default").sort_by("row_index")
+    base = {
+        "unit_id": unit_id,
+        "rows": rows.num_rows,
+        "first_row": pc.min(rows.column("row_index")).as_py(),
+        "last_row": pc.max(rows.column("row_index")).as_py(),
+        **(_counts(crashed) if crashed is not None and crashed.num_rows else _zero_counts()),
+        **dict.fromkeys(
+            [f"{s}_{m}" for s in STAGES for m in ("busy_s", "t0", "t1")] + ["encode_wait_s"], 0.0
+        ),
+    }
+    return _stage_whole(rows, settings, started, base)
+
+
+def _zero_counts() -> dict[str, Any]:
+    return {"embedded": 0, "adopted": 0, "retried": 0, "failed_by_code": "{}"}
 
 
 def file_metadata(values: dict[str, Any]) -> dict[str, str]:

@@ -11,13 +11,12 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import numpy as np
 from fsspec.core import url_to_fs
 
+from embedding.commit import Totals
 from embedding.config import Config
 from embedding.plan import PlanCounts
-from embedding.rows import METRIC_PREFIX
-from embedding.sink import SinkStats
+from embedding.storage import write_atomic
 
 
 def new_run_id() -> str:
@@ -37,9 +36,7 @@ def package_versions() -> dict[str, str]:
 def _write(cfg: Config, run_id: str, name: str, text: str) -> str:
     fs, base = url_to_fs(cfg.output.root, **cfg.output.storage_options)
     path = posixpath.join(base, "runs", run_id, name)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "w") as f:
-        f.write(text)
+    write_atomic(fs, path, text)
     return path
 
 
@@ -48,15 +45,12 @@ def save_config(cfg: Config, run_id: str) -> str:
     return _write(cfg, run_id, "config.yaml", cfg.to_yaml())
 
 
-def _stage(metrics: dict[str, list[np.ndarray]], stage: str) -> dict[str, float]:
-    busy = metrics.get(f"{METRIC_PREFIX}{stage}_s")
-    if not busy:
-        return {"rows": 0, "busy_s": 0.0, "wall_s": 0.0, "rows_per_s": 0.0}
-    rows = int(sum(len(b) for b in busy))
-    busy_s = float(sum(b.sum() for b in busy))
-    t0 = min(float(a.min()) for a in metrics[f"{METRIC_PREFIX}{stage}_t0"])
-    t1 = max(float(a.max()) for a in metrics[f"{METRIC_PREFIX}{stage}_t1"])
-    wall = max(t1 - t0, 1e-9)
+def _stage(totals: Totals, stage: str) -> dict[str, float]:
+    rows = totals.rows.get(stage, 0)
+    if not rows:
+        return {"rows": 0, "busy_s": 0.0, "wall_s": 0.0, "rows_per_s": 0.0, "rows_per_busy_s": 0.0}
+    busy_s = totals.busy_s[stage]
+    wall = max(totals.last_t1[stage] - totals.first_t0[stage], 1e-9)
     return {
         "rows": rows,
         "busy_s": round(busy_s, 3),  # summed over workers
@@ -71,16 +65,15 @@ def build_summary(
     run_id: str,
     kind: str,
     counts: PlanCounts,
-    stats: SinkStats,
+    totals: Totals,
     rounds: dict[str, int],
     started: float,
 ) -> dict[str, Any]:
     wall = time.time() - started
-    failed = sum(stats.errors_by_code.values())
-    processed = stats.rows_embedded + failed
-    encode = _stage(stats.metrics, "encode")
-    wait = stats.metrics.get(f"{METRIC_PREFIX}encode_wait_s")
-    encode["wait_s"] = round(float(sum(w.sum() for w in wait)), 3) if wait else 0.0
+    failed = sum(totals.failed_by_code.values())
+    processed = totals.embedded + failed
+    encode = _stage(totals, "encode")
+    encode["wait_s"] = round(totals.encode_wait_s, 3)
     return {
         "run_id": run_id,
         "model_version": cfg.model.version,
@@ -92,26 +85,29 @@ def build_summary(
         "rows": {
             "in": counts.rows_in,
             "new": counts.new,
-            "retried": counts.retried,
-            "skipped_done": counts.skipped_done,
-            "embedded": stats.rows_embedded,
+            "retried": totals.retried,
+            "adopted": totals.adopted,
+            "skipped_done": counts.skipped_done + counts.retry_planned - totals.retried,
+            "embedded": totals.embedded,
             "failed": failed,
-            "failed_by_code": dict(sorted(stats.errors_by_code.items())),
+            "failed_by_code": dict(sorted(totals.failed_by_code.items())),
         },
         "units": {
             "total": counts.units_total,
             "skipped": counts.units_skipped,
-            "committed": stats.units_committed,
+            "committed": totals.units_committed,
+            "superseded_retired": counts.units_superseded,
         },
         "rounds": rounds,
         "rows_per_s": round(processed / wall, 2) if wall else 0.0,
         "stages": {
-            "fetch_decode": _stage(stats.metrics, "decode"),
+            "fetch_decode": _stage(totals, "decode"),
             "encode": encode,
             "write": {
                 "rows": processed,
-                "busy_s": round(stats.write_seconds, 3),
-                "rows_per_s": round(processed / stats.write_seconds, 2) if stats.write_seconds else 0.0,
+                "busy_s": round(totals.write_s, 3),
+                "rows_per_s": round(processed / totals.write_s, 2) if totals.write_s else 0.0,
+                "commit_s": round(totals.commit_s, 3),
             },
         },
         "versions": package_versions(),

@@ -24,6 +24,7 @@ from fsspec.core import url_to_fs
 from embedding.cluster import connect_ray
 from embedding.config import Config, IndexConfig
 from embedding.errors import ConfigError
+from embedding.identity import check_same, identity_for
 from embedding.index.kinds import IndexKind, choose, create
 from embedding.index.store import (
     IndexManifest,
@@ -33,6 +34,8 @@ from embedding.index.store import (
     sha256_file,
     write_manifest,
 )
+from embedding.lease import Lease
+from embedding.models import get_version
 from embedding.outputs import Partition
 
 log = logging.getLogger(__name__)
@@ -129,37 +132,49 @@ def fill_shard(
         )
 
 
-def build_index(cfg: Config, force: bool = False) -> IndexManifest:
-    """Build (or rebuild) the index of cfg.model.version from the committed embeddings under output.root."""
+def build_index(cfg: Config, force: bool = False, lease: Lease | None = None) -> IndexManifest:
+    """Build the index of cfg.model.version from the committed embeddings under output.root, unless the
+    current index holds exactly those units (by their markers' digests) and `force` is off.
+
+    It takes the partition's lease (one writer per root and version) unless the caller, a run, holds it.
+    """
+    partition = Partition(cfg.output.root, "image", cfg.model.version, cfg.output.storage_options)
+    if lease is not None:
+        return _build(cfg, partition, force)
+    with Lease(partition, "index-" + secrets.token_hex(4), cfg.run.lease_timeout_s, purpose="index build"):
+        return _build(cfg, partition, force)
+
+
+def _build(cfg: Config, partition: Partition, force: bool) -> IndexManifest:
     import ray
 
     from embedding.index.search import self_check
-    from embedding.models import get_version
 
     started = time.time()
     version, root, options = cfg.model.version, cfg.output.root, cfg.output.storage_options
-    partition = Partition(root, "image", version, options)
     markers = partition.markers()
     if not markers:
         raise ConfigError(
             f"no committed embeddings of model version '{version}' under {root}: run `embedding run` first"
         )
+    identity = partition.identity() or {}
+    check_same(identity, identity_for(cfg), f"output {root} (model version '{version}')")
     units = sorted(u for u, m in markers.items() if m["rows_embedded"] > 0)
     files = [partition.part_path("embeddings", u) for u in units]
     rows = [markers[u]["rows_embedded"] for u in units]
     if not files:
         raise ConfigError(f"model version '{version}' under {root} has no embedded rows to index")
     folder = index_dir(root, version)
-    sources = [posixpath.relpath(f, partition.base) for f in files]
+    digests = {u: markers[u].digest for u in units}
     if not force:
         try:
             current = read_manifest(folder, options)
-            if current.sources == sources and current.kind != "" and current.model_version == version:
-                return current  # nothing new was committed since the last build
+            if current.units == digests and current.model_version == version and current.identity == identity:
+                return current  # it holds exactly the committed units
         except ConfigError:
-            pass
+            pass  # no index yet, or one of an older format: build
     _check_versions(partition, files)
-    dim = get_version(version, cfg.model).dim
+    dim = identity.get("dim") or get_version(version, cfg.model).dim
     kind: IndexKind = choose(sum(rows), dim, cfg.index)
     trained = create(kind, dim)
     if kind.needs_training:
@@ -191,7 +206,9 @@ def build_index(cfg: Config, force: bool = False) -> IndexManifest:
         metadata_columns=[
             c for c in pq.read_schema(files[0], filesystem=partition.fs).names if c not in FIXED
         ],
-        sources=sources,
+        sources=[posixpath.relpath(f, partition.base) for f in files],
+        units=digests,
+        identity=identity,
         built_at=datetime.now(UTC).isoformat(),
         build_seconds=0.0,
         build_id=build_id,

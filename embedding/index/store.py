@@ -14,7 +14,6 @@ their SHA-256 too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 import tempfile
@@ -23,12 +22,13 @@ from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from embedding.errors import ConfigError
+from embedding.storage import write_atomic
 
 INDEX_FILE = "index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class ShardFiles(BaseModel):
@@ -57,6 +57,8 @@ class IndexManifest(BaseModel):
     ef_search: int
     metadata_columns: list[str]
     sources: list[str]  # the embedding files (relative to the output root) it was built from
+    units: dict[str, str]  # unit id -> SHA-256 of its commit marker: exactly what the index holds
+    identity: dict[str, Any]  # the model that made the vectors (embedding.identity)
     built_at: str
     build_seconds: float
     build_id: str
@@ -79,15 +81,7 @@ def sha256_file(path: str, fs: fsspec.AbstractFileSystem | None = None) -> str:
 def write_manifest(folder: str, manifest: IndexManifest, storage_options: dict) -> None:
     """Write index.json in one piece (rename on local disks, a single PUT on object stores)."""
     fs, base = url_to_fs(folder, **storage_options)
-    text = manifest.model_dump_json(indent=1)
-    target = posixpath.join(base, INDEX_FILE)
-    if _is_local(fs):
-        tmp = target + ".tmp"
-        Path(tmp).write_text(text)
-        os.replace(tmp, target)
-    else:
-        with fs.open(target, "w") as f:
-            f.write(text)
+    write_atomic(fs, posixpath.join(base, INDEX_FILE), manifest.model_dump_json(indent=1))
 
 
 def read_manifest(folder: str, storage_options: dict) -> IndexManifest:
@@ -98,7 +92,14 @@ def read_manifest(folder: str, storage_options: dict) -> IndexManifest:
             f"no index at {folder}: build it with `embedding index CONFIG` (or enable index in run)"
         )
     with fs.open(path, "r") as f:
-        return IndexManifest.model_validate(json.load(f))
+        raw = f.read()
+    try:
+        return IndexManifest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{folder}/{INDEX_FILE} is not an index of this version of the package ({exc.error_count()} "
+            "problems): rebuild it with `embedding index CONFIG`"
+        ) from None
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

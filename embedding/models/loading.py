@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import open_clip
 import torch
 
+from embedding.cache import file_sha256
 from embedding.config import ModelConfig, ModelVersionSpec
 from embedding.errors import ConfigError
 from embedding.images import Preprocess
@@ -34,21 +33,6 @@ class LoadedModel:
     weights_sha256: str | None
     device: torch.device
     dtype: torch.dtype
-
-
-@lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file, computed once per process for a given size and modification time."""
-    stat = os.stat(path)
-    return _sha256_cached(path, stat.st_size, stat.st_mtime_ns)
 
 
 def expected_sha256(spec: ModelVersionSpec, weights_path: str | None) -> str | None:

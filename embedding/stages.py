@@ -1,0 +1,288 @@
+"""The bodies of the pipeline's CPU stages: reading units of the manifest, and fetching, validating, decoding
+and resizing their images (or validating their texts). Plain functions of Arrow tables: the Ray Data plan in
+embedding.pipeline runs them in tasks, and tests call them directly.
+
+A read task reads each row group it needs once and emits one "packed" row per unit: the unit's id and its
+stream rows serialised as Arrow IPC. One row per unit lets Ray Data cut the stream into one block per unit
+(a streaming repartition), so every unit is decoded by a task of its own on whichever CPU is free.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding import fates
+from embedding.errors import EmbeddingError, ErrorCode
+from embedding.images import ImageLimits, Preprocess, decode
+from embedding.manifest import IMAGE_ID, TEXT_ID, open_parquet, resolve_uri
+from embedding.outputs import Partition
+from embedding.plan import ReadTask, UnitTask, retryable
+from embedding.rows import append_columns, fail_rows, pending_rows, pixels_array, timing_columns
+from embedding.sources import SourceSettings, check_size, fetch
+from embedding.text import TextLimits, validate_text
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    kind: str
+    carried: list[str]
+    has_uri: bool
+    has_inline: bool
+    storage_options: dict[str, dict]
+    output_root: str  # the partition, for the kept rows of units whose errors are retried
+    output_options: dict
+    version: str
+    retry_errors: bool
+
+
+def _columns(settings: ReadSettings) -> tuple[str, list[str]]:
+    id_col, body = (IMAGE_ID, ["uri", "image"]) if settings.kind == "image" else (TEXT_ID, ["text"])
+    present = [c for c in body if (c != "uri" or settings.has_uri) and (c != "image" or settings.has_inline)]
+    return id_col, [id_col, *present, *settings.carried]
+
+
+def _row_groups(task: ReadTask, settings: ReadSettings, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
+    """(first row, table) of each row group the task's units need, each read once."""
+    parquet = open_parquet(task.file_uri, settings.storage_options)
+    sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
+    first = min(u.start for u in task.units)
+    last = max(u.stop for u in task.units)
+    offset = 0
+    for g, size in enumerate(sizes):
+        if offset < last and offset + size > first:
+            yield offset, parquet.read_row_group(g, columns=columns)
+        offset += size
+
+
+def unit_rows(
+    task: ReadTask, settings: ReadSettings, buckets: list[pa.Table]
+) -> Iterator[tuple[UnitTask, pa.Table]]:
+    """Each unit of a read task with its stream rows (module docstring of embedding.rows)."""
+    id_col, columns = _columns(settings)
+    groups = _row_groups(task, settings, columns)
+    buffer, buffer_start = None, 0  # rows [buffer_start, buffer_start + len(buffer)) of the file
+    for unit in sorted(task.units, key=lambda u: u.start):
+        while buffer is None or buffer_start + buffer.num_rows < unit.stop:
+            offset, table = next(groups)
+            if buffer is None or buffer.num_rows == 0:
+                buffer, buffer_start = table, offset
+            else:
+                buffer = pa.concat_tables([buffer, table])
+        rows = buffer.slice(unit.start - buffer_start, unit.stop - unit.start)
+        buffer, buffer_start = buffer.slice(unit.stop - buffer_start), unit.stop
+        if unit.mode == "new":
+            exceptions = fates.exceptions_in(buckets, task.file_index, unit.start, unit.stop)
+            stream = _stream(rows, np.arange(unit.start, unit.stop), unit, task, id_col, settings, exceptions)
+        else:
+            picked, attempts = _retry_rows(unit, settings)
+            table = rows.take(pa.array(picked - unit.start))
+            stream = _stream(table, picked, unit, task, id_col, settings, None, attempts)
+        if unit.skip:
+            index = stream.column("row_index").to_pylist()
+            stream = stream.filter(pa.array([not unit.skips(r) for r in index], pa.bool_()))
+        yield unit, stream
+
+
+def _retry_rows(unit: UnitTask, settings: ReadSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (sorted) and earlier attempts of a committed unit's errors that are retried."""
+    partition = Partition(settings.output_root, settings.kind, settings.version, settings.output_options)
+    errors = partition.read(partition.errors_table, ["row_index", "error_code", "attempts"], [unit.unit_id])
+    codes = errors.column("error_code").to_pylist()
+    keep = pa.array([retryable(c, settings.retry_errors) for c in codes], pa.bool_())
+    picked = errors.filter(keep).sort_by("row_index")
+    return picked.column("row_index").to_numpy(), picked.column("attempts").fill_null(0).to_numpy()
+
+
+def _stream(
+    rows: pa.Table,
+    row_index: np.ndarray,
+    unit: UnitTask,
+    task: ReadTask,
+    id_col: str,
+    settings: ReadSettings,
+    exceptions: pa.Table | None,
+    attempts: np.ndarray | None = None,
+) -> pa.Table:
+    n = rows.num_rows
+    code = pa.nulls(n, pa.string())
+    message = pa.nulls(n, pa.string())
+    adopt = pa.nulls(n, pa.string())
+    if exceptions is not None and exceptions.num_rows:
+        at = (exceptions.column("pos").to_numpy() & ((1 << fates.ROW_BITS) - 1)) - unit.start
+        codes = exceptions.column("code").to_pylist()
+        code_list, message_list, adopt_list = [None] * n, [None] * n, [None] * n
+        for i, c, m, a in zip(
+            at,
+            codes,
+            exceptions.column("message").to_pylist(),
+            exceptions.column("adopt_from").to_pylist(),
+            strict=True,
+        ):
+            if c == fates.ADOPT:
+                adopt_list[i] = a
+            else:
+                code_list[i], message_list[i] = c, m
+        code, message, adopt = (pa.array(v, pa.string()) for v in (code_list, message_list, adopt_list))
+    columns: dict[str, pa.Array] = {
+        "unit_id": pa.array([unit.unit_id] * n, pa.string()),
+        "source_file": pa.array([task.file_uri] * n, pa.string()),
+        "row_index": pa.array(row_index, pa.int64()),
+        "id": rows.column(id_col).cast(pa.string()),
+    }
+    if settings.kind == "image":
+        folder = task.file_uri.rsplit("/", 1)[0] if "/" in task.file_uri else "."
+        uris = rows.column("uri").to_pylist() if settings.has_uri else [None] * n
+        columns["uri"] = pa.array([resolve_uri(u, folder) if u else None for u in uris], pa.string())
+        if settings.has_inline:
+            columns["image"] = rows.column("image").cast(pa.large_binary())
+    else:
+        columns["text"] = rows.column("text")
+    for name in settings.carried:
+        columns[name] = rows.column(name)
+    columns["error_code"] = code
+    columns["error_message"] = message
+    columns["stage"] = pc.if_else(pc.is_valid(code), "manifest", pa.scalar(None, pa.string()))
+    columns["attempts"] = pa.array(attempts if attempts is not None else np.zeros(n), pa.int32())
+    columns["adopt_from"] = adopt
+    columns["unit_rows"] = pa.array(np.full(n, unit.expected), pa.int64())
+    columns["unit_mode"] = pa.array([unit.mode] * n, pa.string())
+    return pa.table(columns)
+
+
+def pack(rows: pa.Table) -> pa.Buffer:
+    """Stream rows as Arrow IPC bytes (one packed row carries a unit, or one row of it when isolating)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return sink.getvalue()
+
+
+def _cell(buffer: pa.Buffer) -> pa.Array:
+    """A one-value large_binary array over a buffer, without copying it."""
+    offsets = pa.py_buffer(np.array([0, buffer.size], np.int64))
+    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, buffer])
+
+
+def unpack(batch: pa.Table) -> Iterator[pa.Table]:
+    for payload in batch.column("rows"):
+        yield pa.ipc.open_stream(payload.as_buffer()).read_all()
+
+
+def read_units(batch: dict[str, np.ndarray], settings: ReadSettings, buckets: list) -> Iterator[pa.Table]:
+    """Ray Data stage: read tasks (JSON descriptors) in, one packed row per unit out."""
+    buckets = _resolve(buckets)
+    for descriptor in batch["task"]:
+        task = ReadTask.from_json(str(descriptor))
+        for unit, rows in unit_rows(task, settings, buckets):
+            pieces = [rows.slice(i, 1) for i in range(rows.num_rows)] if task.isolate else [rows]
+            for piece in pieces:
+                yield pa.table({"unit_id": [unit.unit_id], "rows": _cell(pack(piece))})
+
+
+def _resolve(buckets: list) -> list[pa.Table]:
+    """The exception tables, fetched from Ray's object store when they are references."""
+    if buckets and not isinstance(buckets[0], pa.Table):
+        import ray
+
+        return ray.get(list(buckets))
+    return list(buckets)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    source: SourceSettings
+    prep: Preprocess
+    limits: ImageLimits
+
+
+def _fetch_row(
+    uri: str | None, inline: bytes | None, settings: DecodeSettings, row: int
+) -> tuple[bytes, int]:
+    """The bytes of one row and the fetch attempts made. Raises EmbeddingError."""
+    if inline is not None:
+        check_size(len(inline), settings.source.max_bytes, f"inline image of row {row}")
+        return inline, 0
+    if not uri:
+        raise EmbeddingError(
+            ErrorCode.INVALID_MANIFEST_ROW, "the row has neither a uri nor inline image bytes"
+        )
+    return fetch(uri, settings.source)
+
+
+def decode_images(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
+    """Fetch every pending row (threads: I/O bound) and decode each as it arrives (this task's one CPU).
+
+    Failures become error rows with the stage that failed (fetch or decode) and the attempts made.
+    """
+    started = time.time()
+    if "rows" in batch.column_names:  # packed units straight from the read stage
+        batch = pa.concat_tables(list(unpack(batch)))
+    n = batch.num_rows
+    pending = pending_rows(batch)
+    uris = batch.column("uri").to_pylist()
+    inline = batch.column("image").to_pylist() if "image" in batch.column_names else [None] * n
+    rows = batch.column("row_index").to_pylist()
+    pixels: list[np.ndarray | None] = [None] * n
+    width, height, sha = [None] * n, [None] * n, [None] * n
+    attempts = [a or 0 for a in batch.column("attempts").to_pylist()]
+    failed: dict[str, dict[int, tuple[ErrorCode, str]]] = {"fetch": {}, "decode": {}}
+    threads = max(1, min(settings.source.fetch.threads, len(pending)))
+    with cf.ThreadPoolExecutor(threads) as pool:
+        futures = {pool.submit(_fetch_row, uris[i], inline[i], settings, rows[i]): i for i in pending}
+        for future in cf.as_completed(futures):
+            i = futures[future]
+            try:
+                data, tries = future.result()
+            except EmbeddingError as exc:
+                failed["fetch"][i] = (exc.code, exc.message)
+                attempts[i] += exc.attempts
+                continue
+            attempts[i] += tries
+            try:
+                decoded = decode(data, settings.prep, settings.limits)
+            except EmbeddingError as exc:
+                failed["decode"][i] = (exc.code, exc.message)
+                continue
+            pixels[i], width[i], height[i] = decoded.pixels, decoded.width, decoded.height
+            sha[i] = hashlib.sha256(data).hexdigest()
+    for stage, errors in failed.items():
+        batch = fail_rows(batch, errors, stage)
+    if "image" in batch.column_names:
+        batch = batch.drop_columns(["image"])
+    batch = batch.set_column(
+        batch.schema.get_field_index("attempts"), "attempts", pa.array(attempts, pa.int32())
+    )
+    return append_columns(
+        batch,
+        {
+            "width": pa.array(width, pa.int32()),
+            "height": pa.array(height, pa.int32()),
+            "content_sha256": pa.array(sha, pa.string()),
+            "pixels": pixels_array(pixels, settings.prep.size),
+            **timing_columns("decode", n, started, time.time()),
+        },
+    )
+
+
+def check_texts(batch: pa.Table, limits: TextLimits) -> pa.Table:
+    """Validate every pending text against the word limits; failures become InvalidText error rows."""
+    started = time.time()
+    if "rows" in batch.column_names:
+        batch = pa.concat_tables(list(unpack(batch)))
+    texts = batch.column("text").to_pylist()
+    errors = {}
+    for i in pending_rows(batch):
+        try:
+            validate_text(texts[i], limits)
+        except EmbeddingError as exc:
+            errors[i] = (exc.code, exc.message)
+    batch = fail_rows(batch, errors, "validate")
+    return append_columns(batch, timing_columns("decode", batch.num_rows, started, time.time()))
