@@ -2,11 +2,14 @@
 
 `Encoder` loads a model version once and encodes batches; it is used directly by the single-item API and
 search. `ImageEncodeStage` and `TextEncodeStage` are the Ray Data actor classes of the job: each loads its
-model once in `__init__` and handles one Arrow batch in `__call__`, turning model failures into error rows.
+model once in `__init__` and handles one batch of packed units in `__call__` (`process` does the work on
+their stream rows, and is what a custom `inference.stage_class` overrides), turning model failures into error
+rows.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -26,9 +29,11 @@ from embedding.rows import (
     METRIC_PREFIX,
     append_columns,
     fail_rows,
+    pack,
     pending_rows,
     pixels_of,
     timing_columns,
+    unpack,
     with_embeddings,
 )
 
@@ -138,6 +143,14 @@ class _EncodeStage(ABC):
         """A function from picked row positions of the batch to their vectors."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Ray Data stage: packed units in (embedding.rows.pack), the same units with vectors out."""
+        units = unpack(batch)
+        rows = self.process(pa.concat_tables(units)) if units else None
+        offsets = np.cumsum([0] + [u.num_rows for u in units])
+        return pack([rows.slice(int(a), int(b - a)) for a, b in itertools.pairwise(offsets)])
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Encode the stream rows of one batch (any number of units); model failures become error rows."""
         started = time.time()
         waited = started - self._last_end
         pending = pending_rows(batch)

@@ -1,7 +1,11 @@
 """The Ray Data plan: read units -> fetch, validate, decode, resize (CPU tasks) -> encode (actors) -> write.
 
-    read tasks (one per group of row groups) -> one packed row per unit -> streaming repartition (one unit a
-    block) -> decode (one task per unit) -> encode (actor pool) -> write (stage the unit's files)
+    read tasks (one per group of row groups) -> decode (one task per unit) -> encode (actor pool, whole units
+    per call) -> write (stage each unit's files)
+
+Between stages a unit travels as one packed row (embedding.rows.pack), and the plan's blocks are made as
+small as Ray Data allows, so each block is exactly one unit: the unit is the grain of parallelism,
+streaming and writing.
 
 Rows never reach the driver: it gets one small result row per written unit and commits it (embedding.commit).
 When blocks fail for good (a worker that keeps dying, a lost node), their units are not committed after the
@@ -12,6 +16,7 @@ is taken twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -77,7 +82,6 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
         num_cpus=0,
         compute=ray.data.TaskPoolStrategy(size=max(1, min(len(tasks), cpus))),
     )
-    ds = ds.repartition(target_num_rows_per_block=1)  # one packed unit (or row) per block
     if settings.kind == "image":
         prepare, kwargs, stage = decode_images, {"settings": settings.decode}, ImageEncodeStage
     else:
@@ -105,7 +109,9 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
                 "model_cfg": cfg.model,
                 "inference": inference,
             },
-            batch_size=1 if isolate else inference.batch_size,
+            # Whole units per call: as many as fill a model batch (the encoder cuts its rows into batches of
+            # inference.batch_size), one when isolating.
+            batch_size=1 if isolate else max(1, inference.batch_size // cfg.input.unit_rows),
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(
                 min_size=inference.min_actors,
@@ -136,6 +142,22 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
 def _drain(ds, committer: Committer) -> None:
     for results in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
         committer.take(results)
+
+
+@contextlib.contextmanager
+def _one_unit_per_block():
+    """Every output row of every stage becomes a block of its own (each row is a whole packed unit)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size, context.max_errored_blocks
+    context.target_max_block_size = 1
+    # Failed blocks never abort a round: their units are redone row by row (run_stream).
+    context.max_errored_blocks = 1 << 30
+    try:
+        yield
+    finally:
+        context.target_max_block_size, context.max_errored_blocks = saved
 
 
 def _finalizer(settings: StageSettings, buckets: list):
@@ -178,16 +200,12 @@ def run_stream(plan: Plan, cfg: Config, settings: StageSettings, committer: Comm
     crashed actors); their rows are simply missing afterwards. Returns rows per round.
     """
     import ray
-    import ray.data
 
     buckets = [ray.put(b) if not isinstance(b, ray.ObjectRef) else b for b in plan.fates]
     committer.finalize = _finalizer(settings, buckets)
-    context = ray.data.DataContext.get_current()
-    saved = context.max_errored_blocks
-    context.max_errored_blocks = 1 << 30
     first = sum(u.expected for u in plan.todo.values())
     report = {"first": first, "isolated": 0, "crashed": 0}
-    try:
+    with _one_unit_per_block():
         if plan.reads:
             _drain(build_dataset(plan.reads, buckets, cfg, settings, isolate=False), committer)
         missing = committer.missing_rows()
@@ -201,8 +219,6 @@ def run_stream(plan: Plan, cfg: Config, settings: StageSettings, committer: Comm
         _drain(
             build_dataset(_isolating_reads(plan, committer), buckets, cfg, settings, isolate=True), committer
         )
-    finally:
-        context.max_errored_blocks = saved
     units = committer.missing()
     report["crashed"] = committer.missing_rows()
     for unit_id, unit in units.items():

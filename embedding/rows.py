@@ -20,24 +20,6 @@ import pyarrow.compute as pc
 
 from embedding.errors import ErrorCode
 
-ERROR_FIELDS = [
-    pa.field("error_code", pa.string()),
-    pa.field("error_message", pa.string()),
-    pa.field("stage", pa.string()),
-    pa.field("attempts", pa.int32()),
-]
-POSITION_FIELDS = [
-    pa.field("unit_id", pa.string()),
-    pa.field("source_file", pa.string()),
-    pa.field("row_index", pa.int64()),
-    pa.field("id", pa.string()),
-]
-IMAGE_FIELDS = [
-    pa.field("width", pa.int32()),
-    pa.field("height", pa.int32()),
-    pa.field("content_sha256", pa.string()),
-]
-
 
 def pixels_type(size: tuple[int, int]) -> pa.DataType:
     return pa.binary(size[0] * size[1] * 3)
@@ -119,3 +101,29 @@ def append_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
     for name, column in columns.items():
         batch = batch.append_column(name, column)
     return batch
+
+
+def _cell(buffer: pa.Buffer) -> pa.Array:
+    """A one-value large_binary array over a buffer, without copying it."""
+    offsets = pa.py_buffer(np.array([0, buffer.size], np.int64))
+    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, buffer])
+
+
+def pack(tables: list[pa.Table]) -> pa.Table:
+    """Stream tables (one per unit, or one per row when isolating) as packed rows: `unit_id` and `rows`,
+    the table as Arrow IPC. Ray Data cuts its stream into blocks of one packed row each, so a unit is the
+    grain of every stage: one decode task per unit, whole units to the encoder and to the writer."""
+    ids, cells = [], []
+    for table in tables:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        ids.append(table.column("unit_id")[0].as_py() if table.num_rows else "")
+        cells.append(_cell(sink.getvalue()))
+    rows = pa.concat_arrays(cells) if cells else pa.array([], pa.large_binary())
+    return pa.table({"unit_id": pa.array(ids, pa.string()), "rows": rows})
+
+
+def unpack(batch: pa.Table) -> list[pa.Table]:
+    """The stream tables of a batch of packed rows."""
+    return [pa.ipc.open_stream(cell.as_buffer()).read_all() for cell in batch.column("rows")]

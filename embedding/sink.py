@@ -1,12 +1,11 @@
 """Writing units, in the workers: a unit's stream rows become its embeddings and errors tables, staged.
 
-The write stage gets the encoder's output blocks; a block holds whole units (Ray Data bundles whole decode
-blocks, one unit each, for the encoder) except when a unit was split (the isolating round sends one row at a
-time). A whole unit is assembled and staged at once; a piece is staged as it is, and `finalize_unit` merges a
-unit's pieces once all have arrived. Either way the driver gets one small result row per unit or piece
-(`RESULT`) and commits the unit by its marker (embedding.outputs). Both tables are written with explicit
-schemas of plain Arrow types and file metadata naming the model version, architecture, weights checksum,
-preprocessing, package version and run id.
+The write stage gets packed units (embedding.rows.pack) from the encoder: whole units, except in the
+isolating round, which sends one row at a time. A whole unit is assembled and staged at once; a piece is
+staged as it is, and `finalize_unit` merges a unit's pieces once all have arrived. Either way the driver
+gets one small result row per unit or piece (`RESULT`) and commits the unit by its marker
+(embedding.outputs). Both tables are written with explicit schemas of plain Arrow types and file metadata
+naming the model version, architecture, weights checksum, preprocessing, package version and run id.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding.outputs import Partition
-from embedding.rows import METRIC_PREFIX, embedding_type
+from embedding.rows import METRIC_PREFIX, embedding_type, unpack
 
 STAGES = ("decode", "encode")
 RESULT = pa.schema(
@@ -214,11 +213,14 @@ def _stage_whole(
 
 
 def write_units(batch: pa.Table, settings: WriteSettings) -> pa.Table:
-    """Ray Data stage: stage every whole unit of the block, and stage pieces of split units as they are."""
+    """Ray Data stage: packed units in; every whole unit staged, and pieces of split units as they are."""
     out = []
-    for unit_id in pc.unique(batch.column("unit_id")).to_pylist():
+    for table in unpack(batch):
+        if table.num_rows == 0:
+            continue
         started = time.time()
-        rows = batch.filter(pc.equal(batch.column("unit_id"), unit_id)).sort_by("row_index")
+        unit_id = table.column("unit_id")[0].as_py()
+        rows = table.sort_by("row_index")
         index = rows.column("row_index")
         base = {
             "unit_id": unit_id,

@@ -2,9 +2,8 @@
 and resizing their images (or validating their texts). Plain functions of Arrow tables: the Ray Data plan in
 embedding.pipeline runs them in tasks, and tests call them directly.
 
-A read task reads each row group it needs once and emits one "packed" row per unit: the unit's id and its
-stream rows serialised as Arrow IPC. One row per unit lets Ray Data cut the stream into one block per unit
-(a streaming repartition), so every unit is decoded by a task of its own on whichever CPU is free.
+A read task reads each row group it needs once and emits one packed row per unit (embedding.rows.pack), so
+every unit travels as one block and is decoded by a task of its own on whichever CPU is free.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from embedding.images import ImageLimits, Preprocess, decode
 from embedding.manifest import IMAGE_ID, TEXT_ID, open_parquet, resolve_uri
 from embedding.outputs import Partition
 from embedding.plan import ReadTask, UnitTask, retryable
-from embedding.rows import append_columns, fail_rows, pending_rows, pixels_array, timing_columns
+from embedding.rows import append_columns, fail_rows, pack, pending_rows, pixels_array, timing_columns, unpack
 from embedding.sources import SourceSettings, check_size, fetch
 from embedding.text import TextLimits, validate_text
 
@@ -157,34 +156,15 @@ def _stream(
     return pa.table(columns)
 
 
-def pack(rows: pa.Table) -> pa.Buffer:
-    """Stream rows as Arrow IPC bytes (one packed row carries a unit, or one row of it when isolating)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, rows.schema) as writer:
-        writer.write_table(rows)
-    return sink.getvalue()
-
-
-def _cell(buffer: pa.Buffer) -> pa.Array:
-    """A one-value large_binary array over a buffer, without copying it."""
-    offsets = pa.py_buffer(np.array([0, buffer.size], np.int64))
-    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, buffer])
-
-
-def unpack(batch: pa.Table) -> Iterator[pa.Table]:
-    for payload in batch.column("rows"):
-        yield pa.ipc.open_stream(payload.as_buffer()).read_all()
-
-
 def read_units(batch: dict[str, np.ndarray], settings: ReadSettings, buckets: list) -> Iterator[pa.Table]:
     """Ray Data stage: read tasks (JSON descriptors) in, one packed row per unit out."""
     buckets = _resolve(buckets)
     for descriptor in batch["task"]:
         task = ReadTask.from_json(str(descriptor))
-        for unit, rows in unit_rows(task, settings, buckets):
+        for _, rows in unit_rows(task, settings, buckets):
             pieces = [rows.slice(i, 1) for i in range(rows.num_rows)] if task.isolate else [rows]
             for piece in pieces:
-                yield pa.table({"unit_id": [unit.unit_id], "rows": _cell(pack(piece))})
+                yield pack([piece])
 
 
 def _resolve(buckets: list) -> list[pa.Table]:
@@ -218,13 +198,16 @@ def _fetch_row(
 
 
 def decode_images(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
+    """Ray Data stage: packed units in, the same units with their pixels (or error rows) out."""
+    return pack([decode_rows(rows, settings) for rows in unpack(batch)])
+
+
+def decode_rows(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
     """Fetch every pending row (threads: I/O bound) and decode each as it arrives (this task's one CPU).
 
     Failures become error rows with the stage that failed (fetch or decode) and the attempts made.
     """
     started = time.time()
-    if "rows" in batch.column_names:  # packed units straight from the read stage
-        batch = pa.concat_tables(list(unpack(batch)))
     n = batch.num_rows
     pending = pending_rows(batch)
     uris = batch.column("uri").to_pylist()
@@ -273,10 +256,13 @@ def decode_images(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
 
 
 def check_texts(batch: pa.Table, limits: TextLimits) -> pa.Table:
+    """Ray Data stage: packed units of texts in, the same with InvalidText error rows out."""
+    return pack([check_text_rows(rows, limits) for rows in unpack(batch)])
+
+
+def check_text_rows(batch: pa.Table, limits: TextLimits) -> pa.Table:
     """Validate every pending text against the word limits; failures become InvalidText error rows."""
     started = time.time()
-    if "rows" in batch.column_names:
-        batch = pa.concat_tables(list(unpack(batch)))
     texts = batch.column("text").to_pylist()
     errors = {}
     for i in pending_rows(batch):

@@ -55,3 +55,25 @@ def make_config(tmp_path: Path, ray_local):
         return load_config(path)
 
     return make
+
+
+@pytest.fixture
+def crash_at(monkeypatch):
+    """crash_at("commit.after_move", 2): the 2nd time that fault point is reached, raise Crash."""
+    from tests.support.faults import arm
+
+    return lambda name, nth=1: arm(monkeypatch, name, nth)
+
+
+@pytest.fixture(params=["local", "s3"])
+def output_root(request, tmp_path: Path):
+    """(root, storage_options) of an output root on a local disk, then on a local S3 server (moto)."""
+    if request.param == "local":
+        yield str(tmp_path / "out"), {}
+        return
+    from tests.support.s3_server import S3Server
+
+    server = S3Server().start()
+    server.create_bucket("outputs")
+    yield "s3://outputs/out", server.storage_options
+    server.stop()

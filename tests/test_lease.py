@@ -9,21 +9,19 @@ import pytest
 
 from embedding.lease import Lease, LeaseHeld, LeaseLost
 from embedding.outputs import Partition
-from tests.test_overwrite import root  # noqa: F401 (a fixture: a local and an S3 output root)
 
 
-def test_a_second_writer_is_refused_with_the_holders_run_id(root) -> None:  # noqa: F811
-    part = Partition(root[0], "image", "v1", root[1])
-    with Lease(part, "run-a", timeout_s=30):
-        with pytest.raises(LeaseHeld, match="run-a"):
-            Lease(part, "run-b", timeout_s=30).acquire()
+def test_a_second_writer_is_refused_with_the_holders_run_id(output_root) -> None:
+    part = Partition(output_root[0], "image", "v1", output_root[1])
+    with Lease(part, "run-a", timeout_s=30), pytest.raises(LeaseHeld, match="run-a"):
+        Lease(part, "run-b", timeout_s=30).acquire()
     with Lease(part, "run-b", timeout_s=30):  # released: the next run gets it
         assert json.loads(part.fs.cat_file(f"{part.state_dir}/lease"))["run_id"] == "run-b"
     assert not part.fs.exists(f"{part.state_dir}/lease")
 
 
-def test_a_dead_holders_lease_is_taken_over_after_the_timeout(root, caplog) -> None:  # noqa: F811
-    part = Partition(root[0], "image", "v1", root[1])
+def test_a_dead_holders_lease_is_taken_over_after_the_timeout(output_root, caplog) -> None:
+    part = Partition(output_root[0], "image", "v1", output_root[1])
     dead = {"run_id": "dead", "heartbeat": time.time() - 10, "timeout_s": 5, "host": "h", "pid": 1}
     part.fs.makedirs(part.state_dir, exist_ok=True)
     part.fs.pipe_file(f"{part.state_dir}/lease", json.dumps(dead).encode())
@@ -32,8 +30,8 @@ def test_a_dead_holders_lease_is_taken_over_after_the_timeout(root, caplog) -> N
     assert "taking over the lease" in caplog.text and "dead" in caplog.text
 
 
-def test_a_fresh_heartbeat_keeps_the_lease(root) -> None:  # noqa: F811
-    part = Partition(root[0], "image", "v1", root[1])
+def test_a_fresh_heartbeat_keeps_the_lease(output_root) -> None:
+    part = Partition(output_root[0], "image", "v1", output_root[1])
     with Lease(part, "holder", timeout_s=0.4) as lease:
         path = f"{part.state_dir}/lease"
         first = json.loads(part.fs.cat_file(path))["heartbeat"]

@@ -10,31 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedding import faults
 from embedding.outputs import Partition
 from embedding.storage import read_json, write_atomic
-
-
-class Crash(Exception):
-    """Stands for the process dying at a fault point: the files on disk are all that is left."""
-
-
-@pytest.fixture
-def crash_at(monkeypatch):
-    """crash_at("commit.after_move", 2): raise Crash the 2nd time that point is reached."""
-
-    def arm(name: str, nth: int = 1) -> None:
-        seen = {"n": 0}
-
-        def point(reached: str) -> None:
-            if reached == name:
-                seen["n"] += 1
-                if seen["n"] == nth:
-                    raise Crash(name)
-
-        monkeypatch.setattr(faults, "point", point)
-
-    return arm
+from tests.support.faults import Crash
 
 
 def tables(n: int, start: int = 0) -> tuple[pa.Table, pa.Table]:

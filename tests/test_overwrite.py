@@ -7,20 +7,8 @@ import pytest
 
 from embedding.outputs import Partition
 from embedding.overwrite import recover_overwrites, replace_with, shadow_partition
-from tests.test_outputs import Crash, crash_at, tables  # noqa: F401 (crash_at is a fixture)
-
-
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path):
-    if request.param == "local":
-        yield str(tmp_path), {}
-        return
-    from tests.support.s3_server import S3Server
-
-    server = S3Server().start()
-    server.create_bucket("swap")
-    yield "s3://swap/out", server.storage_options
-    server.stop()
+from tests.support.faults import Crash
+from tests.test_outputs import tables
 
 
 def partition(root) -> Partition:
@@ -44,8 +32,8 @@ def old_and_new(root) -> tuple[Partition, Partition]:
     return target, shadow
 
 
-def test_an_unfinished_overwrite_run_is_dropped(root) -> None:
-    target, _ = old_and_new(root)
+def test_an_unfinished_overwrite_run_is_dropped(output_root) -> None:
+    target, _ = old_and_new(output_root)
     recover_overwrites(target)
     assert sorted(target.markers()) == ["both", "old"] and ids(target) == ["i0", "i1", "i50"]
     assert target.identity() == {"dim": 1}
@@ -55,8 +43,10 @@ def test_an_unfinished_overwrite_run_is_dropped(root) -> None:
     "point, nth",
     [("swap.list", 1), ("swap.after_move", 1), ("swap.after_move", 4), ("swap.before_cleanup", 1)],
 )
-def test_a_swap_killed_at_any_step_ends_as_an_uninterrupted_one(root, crash_at, point: str, nth: int) -> None:
-    target, shadow = old_and_new(root)
+def test_a_swap_killed_at_any_step_ends_as_an_uninterrupted_one(
+    output_root, crash_at, point: str, nth: int
+) -> None:
+    target, shadow = old_and_new(output_root)
     crash_at(point, nth)
     with pytest.raises(Crash):
         replace_with(target, shadow)
@@ -71,8 +61,8 @@ def test_a_swap_killed_at_any_step_ends_as_an_uninterrupted_one(root, crash_at, 
     assert not target.fs.exists(shadow.base)
 
 
-def test_swap_without_crash(root) -> None:
-    target, shadow = old_and_new(root)
+def test_swap_without_crash(output_root) -> None:
+    target, shadow = old_and_new(output_root)
     replace_with(target, shadow)
     assert sorted(target.markers()) == ["both", "new"] and ids(target) == ["i10", "i11", "i12", "i60"]
     errors = target.read("errors")

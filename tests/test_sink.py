@@ -1,4 +1,4 @@
-"""Writing and committing units without Ray: whole units, pieces, retried units, adopted rows, deliveries twice.
+"""Writing and committing units without Ray: whole units, pieces, retried and adopted rows, repeats.
 
 The stream rows come from the real read stage; the encoder's part is played by synthetic unit vectors, since
 these tests check where rows end up, not what their vectors are.
@@ -17,7 +17,7 @@ from embedding.commit import Committer
 from embedding.manifest import find_files, plan_units
 from embedding.outputs import Partition
 from embedding.plan import Plan, make_plan
-from embedding.rows import embedding_type
+from embedding.rows import embedding_type, pack
 from embedding.sink import OutputSchemas, WriteSettings, file_metadata, finalize_unit, write_units
 from embedding.stages import ReadSettings, unit_rows
 from tests.test_plan import manifest
@@ -74,7 +74,7 @@ def commit_all(
     )
     for block in blocks:
         for _ in range(times):  # a retried task delivers its block again
-            committer.take(write_units(block, settings))
+            committer.take(write_units(pack([block]), settings))
     committer.retire(sorted(committer.superseded))
     return committer
 

@@ -85,7 +85,8 @@ def test_changed_manifest_file_embeds_only_new_rows(tmp_path: Path, sample_dir: 
     run(cfg)
     manifest_slice(sample_dir, tmp_path, "m.parquet", 0, 50)  # the same file, grown: its units get new ids
     grown = run(cfg)
-    assert grown["rows"]["new"] == 10 and grown["rows"]["skipped_done"] == 40
+    # The file's units are new (its content changed); its 40 embedded rows are taken over, not recomputed.
+    assert grown["rows"]["new"] == 10 and grown["rows"]["adopted"] == 40 and grown["rows"]["embedded"] == 10
     emb = pq.read_table(Path(cfg.output.root) / "embeddings").column("image_id").to_pylist()
     assert len(emb) == len(set(emb)) == 50
 

@@ -31,17 +31,17 @@ class RaisingStage(ImageEncodeStage):
 class CrashingStage(ImageEncodeStage):
     """The encoder process dies whenever a batch holds the poison row."""
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def process(self, batch: pa.Table) -> pa.Table:
         if POISON_ID in batch.column("id").to_pylist():
             os._exit(1)
-        return super().__call__(batch)
+        return super().process(batch)
 
 
 class SlowStage(ImageEncodeStage):
     """A slow model (0.2 s a batch), so a test can act while the encoder runs."""
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def process(self, batch: pa.Table) -> pa.Table:
         import time
 
         time.sleep(0.2)
-        return super().__call__(batch)
+        return super().process(batch)
