@@ -4,8 +4,8 @@ A sampled frame becomes exactly what an image becomes: uint8 pixels at the model
 `embedding.images.resize_crop` from the frame's RGB picture. The cheap parts are chosen to keep that
 promise: only the frames that are kept are converted to RGB, and they are converted straight to a reduced
 size (`Preprocess.draft_gap` x the model's resolution, as JPEGs are drafted), so the final resample sees
-the same kind of input as for a still image. Non-reference frames that no sample needs are not decoded at
-all (FFmpeg's `skip_frame`), and in keyframe mode only keyframes are decoded.
+the same kind of input as for a still image. Frames that no sample needs are not decoded at all where the
+stream allows it (embedding/video_sampler.py says how).
 
 Untrusted input: the demuxer is forced to the container that the bytes were sniffed as (never FFmpeg's
 auto-detection, which would accept playlists that name other files), and the limits are checked from the
@@ -108,9 +108,9 @@ class VideoFrames:
 
     container: str  # as sniff_video names it
     codec: str
-    width: int  # as displayed, from the headers
+    width: int  # as displayed (the first sampled frame's)
     height: int
-    duration_s: float | None  # None when the headers do not say
+    duration_s: float | None  # from the headers; None when they do not say
     frames: list[VideoFrame]
 
     @property
@@ -215,7 +215,11 @@ def _check_sides(width: int, height: int, limits: ImageLimits, name: str) -> Non
     try:
         check_dimensions(width, height, limits)
     except EmbeddingError as exc:
-        raise EmbeddingError(exc.code, f"{name}: the video's {exc.message}") from None
+        raise EmbeddingError(
+            exc.code,
+            f"{name} has frames of {width}x{height} px; each side must be greater than "
+            f"{limits.min_side} and less than {limits.max_side}",
+        ) from None
 
 
 def _declared_duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:

@@ -2,10 +2,10 @@
 
 Interval sampling must decode the reference frames that lead to each sample, and nothing else:
 
-- packets are read one group of pictures (GOP) ahead: once the next keyframe is seen, the sampler knows
-  whether any sample time falls before it; when none does, the rest of the current GOP (or all of it) is
-  never sent to the decoder (most of the saving when keyframes lie about an interval apart or closer);
-- a non-reference frame displayed before the next sample time is skipped by FFmpeg (`skip_frame`);
+- packets are read one group of pictures (GOP) ahead, and the frames to keep are chosen from their
+  timestamps before any is decoded; packets after the last kept frame of a GOP are never sent to the
+  decoder, nor a GOP without a kept frame (most of the saving when keyframes lie about an interval apart);
+- a frame that is not kept and that no other frame refers to is skipped by FFmpeg (`skip_frame`);
 - only kept frames are converted to RGB, straight to a reduced size (see `frame_pixels`).
 
 Keyframe sampling lets FFmpeg decode keyframes only (`skip_frame = NONKEY`).
@@ -88,6 +88,12 @@ class Sample:
 class FrameSampler:
     """Feeds one video stream's packets to its decoder and keeps the frames due, up to `max_frames`.
 
+    Interval sampling is planned from the packets, one GOP at a time, before any of them is decoded: the
+    timestamps say which frame is the first at or after each sample time, so the frames to keep and the
+    packets they need are known whatever the decoder's delay (frame threading holds frames back). A GOP
+    longer than the read-ahead allows, packets without timestamps, and keyframe sampling choose frames
+    as the decoder shows them instead ("live" selection).
+
     `check_size(width, height)` raises for frames outside the pixel limits; `too_long(seconds)` makes
     the error for timestamps beyond `max_seconds` (for streams whose headers give no duration).
     """
@@ -109,6 +115,9 @@ class FrameSampler:
         self.sar = float(stream.sample_aspect_ratio or 1) or 1.0
         self.start = stream.start_time
         self.target = 0.0  # the next sample time
+        self.live = keyframes  # choose frames as the decoder shows them, not from a plan
+        self.keep: set[int] = set()  # planned pts not yet shown by the decoder
+        self.chosen = 0  # frames planned or kept so far
         self.extent = 0.0  # how far the demuxed packets reach, in seconds
         self.packet_pts: list[int] = []  # every packet's, for display-order frame indices
         self.samples: list[Sample] = []
@@ -122,25 +131,32 @@ class FrameSampler:
             self.start = pts
         return float((pts - self.start) * self.stream.time_base)
 
+    def _next_target(self, at: float) -> float:
+        return (math.floor((at + EPS) / self.step) + 1) * self.step
+
     def run(self, packets: Iterable[av.Packet]) -> list[Sample]:
         gop: list[av.Packet] = []
         gop_bytes = 0
         for packet in packets:
             self._note(packet)
-            if self.keyframes:
-                self._decode(packet)
+            if self.live:
+                self._send(packet)
+            elif packet.is_keyframe and packet.pts is not None and gop:
+                self._decode_planned(gop)
+                gop, gop_bytes = [packet], packet.size
             else:
-                if packet.is_keyframe and packet.pts is not None and gop:
-                    self._decode_gop(gop, self._time(packet.pts))
-                    gop, gop_bytes = [], 0
                 gop.append(packet)
                 gop_bytes += packet.size
-                if len(gop) > MAX_GOP_PACKETS or gop_bytes > MAX_GOP_BYTES:
-                    self._decode_gop(gop, math.inf)
-                    gop, gop_bytes = [], 0
+                no_time = packet.pts is None and packet.size > 0  # a flush packet has neither
+                if no_time or len(gop) > MAX_GOP_PACKETS or gop_bytes > MAX_GOP_BYTES:
+                    self.live = True
+                    for held in gop:
+                        self._send(held)
+                    gop = []
             if self.stopped:
                 return self.samples
-        self._decode_gop(gop, math.inf)
+        if gop:
+            self._decode_planned(gop)
         return self.samples
 
     def _note(self, packet: av.Packet) -> None:
@@ -152,46 +168,68 @@ class FrameSampler:
         if at > self.max_seconds:  # the headers did not say; the timestamps do
             raise self.too_long(at)
 
-    def _decode_gop(self, gop: list[av.Packet], next_key: float) -> None:
-        """Decode one GOP's packets (keyframe first) while a sample is due before the next keyframe."""
-        first = gop[0] if gop else None
-        if (
-            first is not None
-            and first.is_keyframe
-            and first.pts is not None
-            and self._time(first.pts) < self.target - EPS
-            and self.target >= next_key - EPS
-        ):
-            return  # the whole GOP lies between two samples (an all-keyframe MJPEG, a long interval)
-        for packet in gop:
-            if self.stopped:
-                return
-            if packet.pts is not None and not packet.is_keyframe and self.target >= next_key - EPS:
-                continue  # no sample is due in the rest of this GOP, and nothing later depends on it
-            self._decode(packet)
+    def _decode_planned(self, gop: list[av.Packet]) -> None:
+        """Plan the frames of one GOP (its keyframe first, in decode order), then decode what they need.
 
-    def _decode(self, packet: av.Packet) -> None:
-        if not self.keyframes and packet.pts is not None:
+        References come before the frames that use them in decode order, so every packet after the last
+        kept one stays unsent; before it, a frame that is not kept is skipped when nothing refers to it.
+        """
+        kept: set[int] = set()
+        shown = sorted((self._time(p.pts), i) for i, p in enumerate(gop) if p.pts is not None)
+        for at, i in shown:
+            if self.chosen >= self.max_frames:
+                break
+            if at >= self.target - EPS:
+                kept.add(i)
+                self.keep.add(gop[i].pts)
+                self.chosen += 1
+                self.target = self._next_target(at)
+        last = max(kept, default=-1)
+        for i, packet in enumerate(gop):
+            if packet.pts is None:  # the flush packet: the decoder gives back the frames it holds
+                self._send(packet)
+            elif i <= last:
+                self.ctx.skip_frame = "DEFAULT" if i in kept else "NONREF"
+                self._send(packet)
+        if self.chosen >= self.max_frames:
+            self._stop()
+
+    def _send(self, packet: av.Packet | None) -> None:
+        if self.live and not self.keyframes and packet is not None and packet.pts is not None:
             # A non-reference frame shown before the next sample time is never kept, nor needed by any
             # other frame: FFmpeg may skip decoding it.
             self.ctx.skip_frame = "NONREF" if self._time(packet.pts) < self.target - EPS else "DEFAULT"
         for frame in self.ctx.decode(packet):
             self._offer(frame)
-            if self.stopped:
-                return
+        if self.live and self.chosen >= self.max_frames and not self.stopped:
+            self._stop()
+
+    def _stop(self) -> None:
+        """Enough frames: drain the decoder of the planned ones it still holds, and read no further."""
+        self.stopped = True
+        if self.keep:
+            for frame in self.ctx.decode(None):
+                self._offer(frame)
 
     def _offer(self, frame: av.VideoFrame) -> None:
-        if frame.pts is None or (self.keyframes and not frame.key_frame):
+        if frame.pts is None:
             return
         at = self._time(frame.pts)
-        if at < self.target - EPS:
+        if frame.pts in self.keep:
+            self.keep.discard(frame.pts)
+        elif (
+            self.live
+            and self.chosen < self.max_frames
+            and at >= self.target - EPS
+            and (frame.key_frame or not self.keyframes)
+        ):
+            self.chosen += 1
+            self.target = self._next_target(at)
+        else:
             return
         key = (frame.width, frame.height, frame.rotation)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = geometry(frame.width, frame.height, self.sar, frame.rotation, self.prep)
             self.check_size(*plan.full)
-        pixels = frame_pixels(frame, plan, self.prep)
-        self.samples.append(Sample(frame.pts, at, pixels, *plan.full))
-        self.target = (math.floor((at + EPS) / self.step) + 1) * self.step
-        self.stopped = len(self.samples) >= self.max_frames
+        self.samples.append(Sample(frame.pts, at, frame_pixels(frame, plan, self.prep), *plan.full))

@@ -157,21 +157,58 @@ def test_only_kept_frames_are_converted(videos: dict[str, bytes], monkeypatch: p
     assert len(sample(videos["h264-mp4"]).frames) == len(converted) == 9
 
 
-def test_skipped_decoding_leaves_the_kept_frames_exactly_as_a_full_decode_makes_them() -> None:
-    """Frames that no sample needs are not decoded; the kept ones must not change by a single level."""
-    data = vf.write_video(vf.scene_frames(fps=8), fps=8, codec="h264-mp4", gop=12)  # B-frames, 1.5 s GOP
-    ours = sample(data, frame_interval_s=1.0)
+@pytest.fixture(scope="module")
+def b_frames_video() -> bytes:
+    """H.264 with B-frames and a keyframe every 1.5 s (9 frames at 6 fps): 54 frames."""
+    return vf.write_video(vf.scene_frames(6, 160, 120), fps=6, codec="h264-mp4", gop=9)
+
+
+def full_decode(data: bytes) -> dict[float, av.VideoFrame]:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
-        every = {round(float(f.pts * stream.time_base), 6): f for f in container.decode(stream)}
-    plan = geometry(320, 240, 1.0, 0, PREP)
-    for frame in ours.frames:
+        return {round(float(f.pts * stream.time_base), 6): f for f in container.decode(stream)}
+
+
+def assert_exact(frames: video_module.VideoFrames, every: dict[float, av.VideoFrame]) -> None:
+    plan = geometry(160, 120, 1.0, 0, PREP)
+    for frame in frames.frames:
         reference = frame_pixels(every[frame.frame_time_s], plan, PREP)
         assert np.array_equal(frame.pixels, reference), frame.frame_time_s
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_planned_sampling_decodes_less_and_keeps_exactly_the_frames_of_a_full_decode(
+    b_frames_video: bytes, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """Frames that no sample needs are not decoded; the kept ones must not change by a single level,
+    whatever the decoder's threads (frame threading delays frames, the plan does not depend on it)."""
+    sent, skips = [], []
+    send = video_sampler.FrameSampler._send
+
+    def spy(self, packet):
+        sent.append(packet)
+        skips.append(str(self.ctx.skip_frame))
+        send(self, packet)
+
+    monkeypatch.setattr(video_sampler.FrameSampler, "_send", spy)
+    ours = sample(b_frames_video, decode_threads=threads)
+    assert times(ours) == [float(t) for t in range(9)]
+    # After the last sample of each GOP nothing is sent (17 of 55 packets here); B-frames are skipped.
+    assert len(sent) < 45 and skips.count("NONREF") > 10
+    assert_exact(ours, full_decode(b_frames_video))
+
+
+def test_live_selection_takes_over_when_a_gop_outgrows_the_read_ahead(
+    b_frames_video: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(video_sampler, "MAX_GOP_PACKETS", 4)
+    ours = sample(b_frames_video)
+    assert times(ours) == [float(t) for t in range(9)]
+    assert_exact(ours, full_decode(b_frames_video))
+
+
 def test_frame_pixels_match_the_still_image_of_the_same_picture(encoder: Encoder) -> None:
-    pictures = [vf.render_scene(colour, shape, 1280, 720, t=1.0) for colour, shape in vf.SCENES]
+    pictures = [vf.render_scene(colour, shape, 640, 360, t=1.0) for colour, shape in vf.SCENES]
     data = vf.write_video(pictures, fps=1, codec="h264-mp4")
     frames = sample(data, prep=encoder.loaded.preprocess).pixels
     stills = np.stack([decode(img.png_bytes(p), encoder.loaded.preprocess, LIMITS).pixels for p in pictures])

@@ -7,12 +7,13 @@ so that consecutive frames differ as in real footage.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import random
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -76,15 +77,21 @@ def render_scene(
     return render(scene_spec(colour, shape, width, height, t, seed))
 
 
+@functools.lru_cache(maxsize=8)
 def scene_frames(
-    fps: float, width: int = 320, height: int = 240, scenes: Iterable[tuple[str, str]] = SCENES, seed: int = 0
-) -> Iterator[Image.Image]:
-    """The frames of a shapes video, SCENE_SECONDS per scene."""
+    fps: float,
+    width: int = 320,
+    height: int = 240,
+    scenes: tuple[tuple[str, str], ...] = SCENES,
+    seed: int = 0,
+) -> tuple[Image.Image, ...]:
+    """The frames of a shapes video, SCENE_SECONDS per scene (rendered once per process: tests reuse them)."""
     per_scene = round(SCENE_SECONDS * fps)
-    for n, (colour, shape) in enumerate(scenes):
-        for i in range(per_scene):
-            t = (n * per_scene + i) / fps
-            yield render_scene(colour, shape, width, height, t, seed)
+    return tuple(
+        render_scene(colour, shape, width, height, (n * per_scene + i) / fps, seed)
+        for n, (colour, shape) in enumerate(scenes)
+        for i in range(per_scene)
+    )
 
 
 def write_video(
@@ -140,6 +147,7 @@ def _encode(
                 stream = out.add_stream(spec.codec, rate=rate, options=options)
                 stream.height, stream.width = pixels.shape[:2]
                 stream.pix_fmt = spec.pix_fmt
+                stream.codec_context.thread_count = 1  # the same bytes on every machine
                 if times is not None:
                     stream.codec_context.time_base = Fraction(1, 1000)
                 if sample_aspect is not None:
