@@ -8,7 +8,8 @@ Interval sampling must decode the reference frames that lead to each sample, and
 - a frame that is not kept and that no other frame refers to is skipped by FFmpeg (`skip_frame`);
 - only kept frames are converted to RGB, straight to a reduced size (see `frame_pixels`).
 
-Keyframe sampling lets FFmpeg decode keyframes only (`skip_frame = NONKEY`).
+Keyframe sampling sends the decoder the keyframes it keeps and nothing else (FFmpeg's `skip_frame =
+NONKEY` when the stream cannot be planned).
 """
 
 from __future__ import annotations
@@ -88,11 +89,11 @@ class Sample:
 class FrameSampler:
     """Feeds one video stream's packets to its decoder and keeps the frames due, up to `max_frames`.
 
-    Interval sampling is planned from the packets, one GOP at a time, before any of them is decoded: the
-    timestamps say which frame is the first at or after each sample time, so the frames to keep and the
-    packets they need are known whatever the decoder's delay (frame threading holds frames back). A GOP
-    longer than the read-ahead allows, packets without timestamps, and keyframe sampling choose frames
-    as the decoder shows them instead ("live" selection).
+    Sampling is planned from the packets, one GOP at a time, before any of them is decoded: the
+    timestamps say which frame is the first at or after each sample time (keyframe sampling: which
+    keyframe), so the frames to keep and the packets they need are known whatever the decoder's delay
+    (frame threading holds frames back). A GOP longer than the read-ahead allows and packets without
+    timestamps make the sampler choose frames as the decoder shows them instead ("live" selection).
 
     `check_size(width, height)` raises for frames outside the pixel limits; `too_long(seconds)` makes
     the error for timestamps beyond `max_seconds` (for streams whose headers give no duration).
@@ -115,7 +116,7 @@ class FrameSampler:
         self.sar = float(stream.sample_aspect_ratio or 1) or 1.0
         self.start = stream.start_time
         self.target = 0.0  # the next sample time
-        self.live = keyframes  # choose frames as the decoder shows them, not from a plan
+        self.live = False  # choose frames as the decoder shows them, not from a plan
         self.keep: set[int] = set()  # planned pts not yet shown by the decoder
         self.chosen = 0  # frames planned or kept so far
         self.extent = 0.0  # how far the demuxed packets reach, in seconds
@@ -123,8 +124,6 @@ class FrameSampler:
         self.samples: list[Sample] = []
         self.stopped = False  # max_frames reached before the end of the stream
         self._plans: dict[tuple[int, int, float], Geometry] = {}
-        if keyframes:
-            self.ctx.skip_frame = "NONKEY"
 
     def _time(self, pts: int) -> float:
         if self.start is None:
@@ -149,7 +148,7 @@ class FrameSampler:
                 gop_bytes += packet.size
                 no_time = packet.pts is None and packet.size > 0  # a flush packet has neither
                 if no_time or len(gop) > MAX_GOP_PACKETS or gop_bytes > MAX_GOP_BYTES:
-                    self.live = True
+                    self._go_live()
                     for held in gop:
                         self._send(held)
                     gop = []
@@ -168,6 +167,11 @@ class FrameSampler:
         if at > self.max_seconds:  # the headers did not say; the timestamps do
             raise self.too_long(at)
 
+    def _go_live(self) -> None:
+        self.live = True
+        if self.keyframes:
+            self.ctx.skip_frame = "NONKEY"  # FFmpeg decodes the keyframes only
+
     def _decode_planned(self, gop: list[av.Packet]) -> None:
         """Plan the frames of one GOP (its keyframe first, in decode order), then decode what they need.
 
@@ -175,7 +179,10 @@ class FrameSampler:
         kept one stays unsent; before it, a frame that is not kept is skipped when nothing refers to it.
         """
         kept: set[int] = set()
-        shown = sorted((self._time(p.pts), i) for i, p in enumerate(gop) if p.pts is not None)
+        candidates = gop
+        if self.keyframes:  # the GOP's keyframe is its only candidate, and the only packet decoded
+            candidates = gop[:1] if gop[0].is_keyframe else []
+        shown = sorted((self._time(p.pts), i) for i, p in enumerate(candidates) if p.pts is not None)
         for at, i in shown:
             if self.chosen >= self.max_frames:
                 break

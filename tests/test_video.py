@@ -129,6 +129,23 @@ def test_keyframe_sampling_keeps_the_keyframes(videos: dict[str, bytes], codec: 
     assert [f.frame_index for f in frames.frames] == [0, 8, 16, 24, 32]
 
 
+def test_keyframe_sampling_sends_only_the_kept_keyframes_to_the_decoder(
+    videos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = []
+    send = video_sampler.FrameSampler._send
+    monkeypatch.setattr(video_sampler.FrameSampler, "_send", lambda self, p: (sent.append(p), send(self, p)))
+    sample(videos["h264-mp4"], sample="keyframes")
+    assert [p.is_keyframe for p in sent if p.size] == [True] * 5
+
+
+def test_keyframe_sampling_without_a_plan_lets_ffmpeg_skip_the_rest(
+    videos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(video_sampler, "MAX_GOP_PACKETS", 4)
+    assert times(sample(videos["h264-mp4"], sample="keyframes")) == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
 def test_keyframe_sampling_of_an_all_keyframe_stream_keeps_one_a_second(videos: dict[str, bytes]) -> None:
     assert times(sample(videos["mjpeg-mkv"], sample="keyframes")) == [float(t) for t in range(9)]
 
