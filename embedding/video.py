@@ -175,30 +175,44 @@ def sample_frames(
     """
     guard = _GuardedSource(source)
     try:
-        size = guard.seek(0, io.SEEK_END)
-        guard.seek(0)
-        if size == 0:
-            raise _invalid(f"{name} is empty (0 bytes)")
-        if size >= settings.max_bytes:
-            raise EmbeddingError(
-                ErrorCode.INVALID_IMAGE_SIZE,
-                f"{name} has {size} bytes; videos must be under {settings.max_bytes} bytes",
-            )
-        container_name = sniff_video(_read_head(guard))
-        guard.seek(0)
-        if container_name is None:
-            raise _invalid(f"{name} is not a recognised video container (MP4/MOV, MKV/WebM, AVI)")
-        # max_pixels bounds what FFmpeg decodes while probing the streams, before our own checks run.
-        probe = {"max_pixels": str(limits.max_side**2)}
-        with av.open(guard, format=DEMUXERS[container_name], stream_options=[probe]) as container:
-            return _sample(container, container_name, prep, settings, limits, name)
-    except EmbeddingError:
-        raise
+        frames = _open_and_sample(guard, prep, settings, limits, name)
+    except EmbeddingError as exc:
+        error = exc
     except Exception as exc:  # PyAV and FFmpeg raise many types for malformed input
-        if guard.error is not None:
-            raise _classify(guard.error, name) from guard.error
         detail = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
-        raise _invalid(f"cannot decode {name}: {detail}") from exc
+        error = _invalid(f"cannot decode {name}: {detail}")
+        error.__cause__ = exc
+    else:
+        error = None
+    if guard.error is not None:
+        # The source failed (FFmpeg may have taken it for the end of the file): a fetch error, not the
+        # video's fault, and worth retrying.
+        raise _classify(guard.error, name) from guard.error
+    if error is not None:
+        raise error
+    return frames
+
+
+def _open_and_sample(
+    guard: _GuardedSource, prep: Preprocess, settings: VideoSettings, limits: ImageLimits, name: str
+) -> VideoFrames:
+    size = guard.seek(0, io.SEEK_END)
+    guard.seek(0)
+    if size == 0:
+        raise _invalid(f"{name} is empty (0 bytes)")
+    if size >= settings.max_bytes:
+        raise EmbeddingError(
+            ErrorCode.INVALID_IMAGE_SIZE,
+            f"{name} has {size} bytes; videos must be under {settings.max_bytes} bytes",
+        )
+    container_name = sniff_video(_read_head(guard))
+    guard.seek(0)
+    if container_name is None:
+        raise _invalid(f"{name} is not a recognised video container (MP4/MOV, MKV/WebM, AVI)")
+    # max_pixels bounds what FFmpeg decodes while probing the streams, before our own checks run.
+    probe = {"max_pixels": str(limits.max_side**2)}
+    with av.open(guard, format=DEMUXERS[container_name], stream_options=[probe]) as container:
+        return _sample(container, container_name, prep, settings, limits, name)
 
 
 def _read_head(source: io.RawIOBase) -> bytes:

@@ -174,10 +174,10 @@ def test_only_kept_frames_are_converted(videos: dict[str, bytes], monkeypatch: p
     assert len(sample(videos["h264-mp4"]).frames) == len(converted) == 9
 
 
-@pytest.fixture(scope="module")
-def b_frames_video() -> bytes:
-    """H.264 with B-frames and a keyframe every 1.5 s (9 frames at 6 fps): 54 frames."""
-    return vf.write_video(vf.scene_frames(6, 160, 120), fps=6, codec="h264-mp4", gop=9)
+@pytest.fixture(scope="module", params=SEARCH_CODECS)
+def gop_video(request: pytest.FixtureRequest) -> bytes:
+    """A keyframe every 1.5 s (9 frames at 6 fps), 54 frames; H.264 with B-frames, VP9, MPEG-4."""
+    return vf.write_video(vf.scene_frames(6, 160, 120), fps=6, codec=request.param, gop=9)
 
 
 def full_decode(data: bytes) -> dict[float, av.VideoFrame]:
@@ -195,7 +195,7 @@ def assert_exact(frames: video_module.VideoFrames, every: dict[float, av.VideoFr
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_planned_sampling_decodes_less_and_keeps_exactly_the_frames_of_a_full_decode(
-    b_frames_video: bytes, monkeypatch: pytest.MonkeyPatch, threads: int
+    gop_video: bytes, monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
     """Frames that no sample needs are not decoded; the kept ones must not change by a single level,
     whatever the decoder's threads (frame threading delays frames, the plan does not depend on it)."""
@@ -208,20 +208,21 @@ def test_planned_sampling_decodes_less_and_keeps_exactly_the_frames_of_a_full_de
         send(self, packet)
 
     monkeypatch.setattr(video_sampler.FrameSampler, "_send", spy)
-    ours = sample(b_frames_video, decode_threads=threads)
+    ours = sample(gop_video, decode_threads=threads)
     assert times(ours) == [float(t) for t in range(9)]
-    # After the last sample of each GOP nothing is sent (17 of 55 packets here); B-frames are skipped.
+    # After the last sample of each GOP nothing is sent (17 of 55 packets here); before it, frames
+    # that are not kept go with NONREF (FFmpeg skips those that no other frame refers to).
     assert len(sent) < 45 and skips.count("NONREF") > 10
-    assert_exact(ours, full_decode(b_frames_video))
+    assert_exact(ours, full_decode(gop_video))
 
 
 def test_live_selection_takes_over_when_a_gop_outgrows_the_read_ahead(
-    b_frames_video: bytes, monkeypatch: pytest.MonkeyPatch
+    gop_video: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(video_sampler, "MAX_GOP_PACKETS", 4)
-    ours = sample(b_frames_video)
+    ours = sample(gop_video)
     assert times(ours) == [float(t) for t in range(9)]
-    assert_exact(ours, full_decode(b_frames_video))
+    assert_exact(ours, full_decode(gop_video))
 
 
 def test_frame_pixels_match_the_still_image_of_the_same_picture(encoder: Encoder) -> None:
@@ -343,6 +344,15 @@ def test_a_failing_source_gives_its_fetch_code(videos: dict[str, bytes], error: 
     with pytest.raises(EmbeddingError) as caught:
         sample_frames(source, PREP, VideoSettings(), LIMITS)
     assert caught.value.code == code
+
+
+def test_a_source_failing_in_the_middle_of_the_frames_is_a_fetch_error() -> None:
+    """The index is at the front: opening succeeds, and the read fails among the frames' data."""
+    data = vf.write_video(vf.scene_frames(4), fps=4, faststart=True)
+    source = FailingSource(data, after=len(data) // 2, error=ConnectionResetError("reset by peer"))
+    with pytest.raises(EmbeddingError) as caught:
+        sample_frames(source, PREP, VideoSettings(), LIMITS)
+    assert caught.value.code == ErrorCode.FETCH_FAILED
 
 
 @pytest.mark.parametrize("error", [ValueError("planted"), MemoryError(), RuntimeError("planted")])
