@@ -102,6 +102,14 @@ def test_sniff_refuses_images_audio_and_random_bytes(bad: dict[str, bytes]) -> N
         assert sniff_video(data[:SNIFF_BYTES]) is None, name
 
 
+def test_files_are_told_apart_by_their_bytes_not_their_names(tmp_path) -> None:
+    paths = vf.write_videos(tmp_path)
+    kinds = {name: sniff_video(path.read_bytes()[:SNIFF_BYTES]) for name, path in paths.items()}
+    assert kinds["shapes-h264-mp4.mp4"] == "mp4" and kinds["shapes-vp9-webm.webm"] == "webm"
+    assert kinds["shapes-mpeg4-avi.avi"] == "avi" and kinds["too-wide.mkv"] == "matroska"
+    assert kinds["random.mp4"] is None and kinds["empty.mp4"] is None
+
+
 # Sampling
 
 

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -39,7 +40,7 @@ class Codec:
 
 
 CODECS: dict[str, Codec] = {
-    "h264-mp4": Codec("mp4", "libx264", "yuv420p", ".mp4", {"preset": "veryfast", "tune": "stillimage"}),
+    "h264-mp4": Codec("mp4", "libx264", "yuv420p", ".mp4", {"preset": "veryfast"}),
     "h264-mov": Codec("mov", "libx264", "yuv420p", ".mov", {"preset": "veryfast"}),
     "vp9-webm": Codec("webm", "libvpx-vp9", "yuv420p", ".webm", {"deadline": "realtime", "cpu-used": "8"}),
     "mpeg4-avi": Codec("avi", "mpeg4", "yuv420p", ".avi", {"qscale": "3"}),
@@ -221,3 +222,18 @@ def bad_videos() -> dict[str, bytes]:
         "too-wide.mkv": wide_video(),
         "random.mp4": random_bytes(),
     }
+
+
+def write_videos(
+    folder: Path, codecs: Iterable[str] = ("h264-mp4", "vp9-webm", "mpeg4-avi")
+) -> dict[str, Path]:
+    """Write the shapes video in each codec (`shapes-<codec><suffix>`) and every bad video into `folder`
+    (for manifests of integration tests); returns file name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {f"shapes-{name}{CODECS[name].suffix}": shapes_video(name) for name in codecs}
+    files.update(bad_videos())
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    return paths
