@@ -126,6 +126,24 @@ class LimitsConfig(Section):
     max_image_side: int = Field(default=16_000, ge=1)  # and less than this
     min_text_words: int = Field(default=1, ge=0)
     max_text_words: int = Field(default=70, ge=1)
+    # Videos are streamed, never held whole, so their byte limit is far above the image limit.
+    max_video_bytes: int = Field(default=2 * 1024**3, ge=1)  # video files must be under this
+    max_video_seconds: float = Field(default=3600.0, gt=0)  # and last at most this long
+
+
+class VideoConfig(Section):
+    """How frames are sampled from video rows (embedding/video.py) and grouped into search results."""
+
+    # interval: one frame every frame_interval_s; keyframes: only the keyframes (decodes far less)
+    sample: Literal["interval", "keyframes"] = "interval"
+    frame_interval_s: float = Field(default=1.0, gt=0)
+    # At most this many frames per video; a longer video's samples are spread over its whole duration.
+    max_frames: int = Field(default=600, ge=1)
+    decode_threads: int = Field(default=0, ge=0)  # FFmpeg decoding threads per video; 0: one per core
+    # Search: frames of a video whose cosine is within this margin of the video's best frame match.
+    segment_margin: float = Field(default=0.05, ge=0, le=2)
+    # Search: matching frames at most this far apart join one segment (None: 1.5 x frame_interval_s).
+    segment_gap_s: float | None = Field(default=None, gt=0)
 
 
 class IndexConfig(Section):
@@ -161,6 +179,7 @@ class Config(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
 

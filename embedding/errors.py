@@ -24,6 +24,9 @@ class ErrorCode(StrEnum):
     EMBEDDING_NOT_FINITE = "EmbeddingNotFinite"  # the model returned NaN or infinity
     ENCODE_FAILED = "EncodeFailed"  # the model raised an exception on this row alone
     WORKER_CRASHED = "WorkerCrashed"  # the worker process died on this row in every attempt
+    # A video row: not a readable video container, no video stream, undecodable or truncated data.
+    INVALID_VIDEO_FORMAT = "InvalidVideoFormat"
+    VIDEO_TOO_LONG = "VideoTooLong"  # the video lasts longer than limits.max_video_seconds
 
 
 # Errors worth retrying on a later run (resume mode); the others are permanent until --retry-errors.
