@@ -27,8 +27,13 @@ def server():
     srv.stop()
 
 
+# The test server listens on loopback, which the network rule refuses unless a config opens it.
+LOOPBACK = ["127.0.0.1/32"]
+
+
 def settings(timeout: float = 1.0) -> SourceSettings:
-    return SourceSettings(("http", "https"), LIMIT, FetchConfig(timeout_s=timeout, retries=1, backoff_s=0.1))
+    fetch_cfg = FetchConfig(timeout_s=timeout, retries=1, backoff_s=0.1, allowed_networks=LOOPBACK)
+    return SourceSettings(("http", "https"), LIMIT, fetch_cfg)
 
 
 def expect(code: ErrorCode, url: str) -> EmbeddingError:
@@ -75,7 +80,7 @@ def test_transient_failures_are_retried_by_a_later_run(
     pq.write_table(pa.table({"image_id": ids, "uri": urls}), manifest)
     cfg = make_config(
         str(manifest),
-        fetch={"timeout_s": 1, "retries": 1, "backoff_s": 0.1},
+        fetch={"timeout_s": 1, "retries": 1, "backoff_s": 0.1, "allowed_networks": LOOPBACK},
         limits={"max_image_bytes": LIMIT},
     )
     first = run(cfg)
