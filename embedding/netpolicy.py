@@ -60,7 +60,8 @@ def _kind(ip: IPAddress) -> str | None:
 
 def address_problem(ip: IPAddress, allowed: Iterable[Network] = ()) -> str | None:
     """Why this address may not be reached (e.g. "a link-local address"), or None when it may."""
-    candidates = [ip, *_embedded_ipv4(ip)]
+    # The IPv4 address an IPv6 one carries is where packets end up: it is checked (and named) first.
+    candidates = [*_embedded_ipv4(ip), ip]
     allowed = tuple(allowed)
     # An opened range admits the address itself or the IPv4 address it carries.
     if any(c in net for c in candidates for net in allowed if c.version == net.version):

@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 class ImageServer:
     """Serves `files` under /img/<name>; /missing is a 404, /forbidden a 403, /stall sends headers and
     then nothing, /hang never answers, /slow sends one byte a second, /big streams `big_bytes` bytes,
-    /flaky/<name> fails with 503 while `flaky` is set, /redirect?to=URL answers 302 to URL, and
-    /auth/<name> serves a file only with the Authorization header `auth`.
+    /flaky/<name> fails with 503 while `flaky` is set, /redirect?to=URL answers 302 to URL, /loop
+    redirects to itself, and /auth/<name> serves a file only with the Authorization header `auth`.
     Binds `host` (127.0.0.1 unless told) only; `stop()` releases every stalled handler.
     `connections` counts the TCP connections accepted, `requests` the paths asked for, `headers` their
     headers."""
@@ -57,6 +57,11 @@ class ImageServer:
                 elif path == "/redirect":
                     self.send_response(302)
                     self.send_header("Location", parse_qs(urlsplit(self.path).query)["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif path == "/loop":
+                    self.send_response(302)
+                    self.send_header("Location", "/loop")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 elif path == "/forbidden":
