@@ -170,15 +170,13 @@ def cache_root() -> Path:
 
 
 def _private_dir(path: Path) -> None:
-    """Create `path` (and missing parents) with mode 0700 and make sure only this user can enter it."""
-    missing = []
-    node = path
-    while not node.exists():
-        missing.append(node)
-        node = node.parent
-    for folder in reversed(missing):
+    """Create the cache entry `path` (.../embedding/index/<entry>) with mode 0700, checking each level
+    from .../embedding down before going into it: a level that is a symlink or another user's is refused
+    before anything is created beneath it."""
+    top = path.parent.parent
+    top.parent.mkdir(parents=True, exist_ok=True)  # $XDG_CACHE_HOME or ~/.cache
+    for folder in (top, path.parent, path):
         folder.mkdir(mode=0o700, exist_ok=True)  # another process may make it meanwhile: checked below
-    for folder in (path.parent.parent, path.parent, path):  # .../embedding, .../index, the entry
         info = os.lstat(folder)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             raise ConfigError(f"index cache folder {folder} is not a folder of this user: remove it")
