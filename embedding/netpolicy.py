@@ -51,8 +51,8 @@ def _kind(ip: IPAddress) -> str | None:
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
         ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
         ("not globally routable", not ip.is_global),
     )
     return next((name for name, hit in checks if hit), None)
@@ -60,8 +60,10 @@ def _kind(ip: IPAddress) -> str | None:
 
 def address_problem(ip: IPAddress, allowed: Iterable[Network] = ()) -> str | None:
     """Why this address may not be reached (e.g. "a link-local address"), or None when it may."""
-    # The IPv4 address an IPv6 one carries is where packets end up: it is checked (and named) first.
-    candidates = [*_embedded_ipv4(ip), ip]
+    # The IPv4 address an IPv6 one carries is where packets end up: it is checked (and named) first. An
+    # IPv4-mapped address is that IPv4 address and nothing else; the tunnel forms are both.
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    candidates = [mapped] if mapped is not None else [*_embedded_ipv4(ip), ip]
     allowed = tuple(allowed)
     # An opened range admits the address itself or the IPv4 address it carries.
     if any(c in net for c in candidates for net in allowed if c.version == net.version):
