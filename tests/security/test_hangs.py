@@ -161,3 +161,40 @@ def test_a_server_sending_one_byte_a_second_is_a_timeout() -> None:
         assert server.slow_sent < 20
     finally:
         server.stop()
+
+
+def test_the_pipelines_decode_loop_with_a_stuck_read_returns(stuck_reads: list[str], tmp_path: Path) -> None:
+    """The job's own decode step (its two thread pools, as it is today) over 24 rows, one of which never
+    returns: the step returns within the bound, the stuck row is a Timeout, every other row decoded.
+    The hang of the issue lived here: leaving the pools waited for the abandoned read."""
+    import pyarrow as pa
+
+    from embedding.images import ImageLimits, Preprocess
+    from embedding.pipeline import DecodeSettings, decode_images
+    from tests import images_factory as f
+
+    uris = []
+    for i in range(24):
+        name = "stuck.jpg" if i == 7 else f"img-{i}.jpg"
+        uris.append(f.write(tmp_path, name, f.sample_file(i)) if i != 7 else str(tmp_path / name))
+    n = len(uris)
+    batch = pa.table(
+        {
+            "unit_id": ["u"] * n,
+            "source_file": ["m.parquet"] * n,
+            "row_index": pa.array(range(n), pa.int64()),
+            "id": [f"id-{i}" for i in range(n)],
+            "uri": uris,
+            "error_code": pa.nulls(n, pa.string()),
+            "error_message": pa.nulls(n, pa.string()),
+            "stage": pa.nulls(n, pa.string()),
+            "attempts": pa.array([0] * n, pa.int32()),
+        }
+    )
+    s = settings(timeout=1, retries=1)
+    started = time.monotonic()
+    out = decode_images(batch, DecodeSettings(s, Preprocess(size=(64, 64)), ImageLimits()))
+    assert time.monotonic() - started < bound(s)
+    codes = out.column("error_code").to_pylist()
+    assert codes[7] == ErrorCode.TIMEOUT and out.column("attempts")[7].as_py() == 2
+    assert codes[:7] + codes[8:] == [None] * (n - 1)  # every other row decoded, each accounted for
