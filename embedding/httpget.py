@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from embedding.deadline import Attempt
 from embedding.errors import EmbeddingError, ErrorCode
@@ -124,6 +124,14 @@ def _check_hop(url: str, policy: HttpPolicy, hop: int):
     return parts, scheme, host, port
 
 
+def _target(parts) -> str:
+    """The request target, percent-encoding what a manifest may leave raw (spaces, non-ASCII) as
+    browsers and aiohttp do; escapes already present are kept."""
+    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+    query = quote(parts.query, safe="/%:@!$&'()*+,;=?-._~")
+    return path + (f"?{query}" if query else "")
+
+
 def _headers(parts, first, policy: HttpPolicy) -> dict[str, str]:
     headers = {"User-Agent": "embedding", "Accept": "*/*", "Accept-Encoding": "identity"}
     if _origin(parts) == _origin(first):
@@ -163,7 +171,7 @@ def get(
         if attempt is not None:
             attempt.on_cancel(lambda conn=conn: _abort(conn))
         try:
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            target = _target(parts)
             conn.request("GET", target, headers={**_headers(parts, first, policy), "Connection": "close"})
             sock = conn.live
             assert sock is not None

@@ -46,6 +46,10 @@ def expect(code: ErrorCode, url: str) -> EmbeddingError:
 def test_ok_and_404(server: ImageServer) -> None:
     data, attempts = fetch(f"{server.url}/img/good1.jpg", settings())
     assert data == server.files["good1.jpg"] and attempts == 1
+    server.files["a photo é.jpg"] = server.files["good1.jpg"]  # raw space and non-ASCII, as manifests have
+    assert fetch(f"{server.url}/img/a photo é.jpg", settings())[0] == server.files["good1.jpg"]
+    assert server.requests[-1] == "/img/a%20photo%20%C3%A9.jpg"
+    assert fetch(f"{server.url}/img/a%20photo%20%C3%A9.jpg", settings())[0] == server.files["good1.jpg"]
     assert expect(ErrorCode.NOT_FOUND, f"{server.url}/missing").attempts == 1
 
 

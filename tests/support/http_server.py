@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class ImageServer:
@@ -42,7 +42,7 @@ class ImageServer:
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 server.headers.append(dict(self.headers.items()))
-                path = urlsplit(self.path).path
+                path = unquote(urlsplit(self.path).path)
                 if path.startswith("/img/") and path[5:] in server.files:
                     self._send(server.files[path[5:]])
                 elif path.startswith("/auth/") and path[6:] in server.files:
