@@ -82,14 +82,14 @@ def vectorize_image(
     `SourceSettings.untrusted(cfg)` for a path or URL that comes from someone else (no local files).
     """
     cfg = cfg or Config()
-    encoder = encoder_for(cfg, version)
     limits = cfg.limits
     if isinstance(image, bytes):
         check_size(len(image), limits.max_image_bytes, "the image")
         data = image
-    else:
+    else:  # before the model loads: a refused source costs nothing
         source = source or SourceSettings.from_config(cfg)
         data, _ = fetch(resolve_uri(os.fspath(image), None, source), source)
+    encoder = encoder_for(cfg, version)
     prep: Preprocess = encoder.loaded.preprocess
     prep = Preprocess(
         **{

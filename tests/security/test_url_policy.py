@@ -270,3 +270,23 @@ def test_configured_headers_go_to_the_first_origin_only(
     fetch(f"{server.url}/redirect?to={other_host.url}/img/a.jpg", settings)
     assert server.headers[-1]["X-Api-Key"] == "k-123"
     assert "X-Api-Key" not in other_host.headers[-1]
+
+
+def test_the_api_follows_the_same_policy(net, server: ImageServer, tmp_path) -> None:
+    """vectorize_image (and so `search --image`): the user's own path is fine, URLs obey the network
+    rule, and a caller passing untrusted settings gets no local files."""
+    from embedding.api import vectorize_image
+
+    cfg = Config.model_validate({"inference": {"device": "cpu"}})
+    with pytest.raises(EmbeddingError) as info:
+        vectorize_image("http://169.254.169.254/latest/meta-data/x.jpg", cfg)
+    assert info.value.message.startswith("network rule") and net.connected == []
+    path = tmp_path / "mine.jpg"
+    path.write_bytes(IMAGE)
+    with pytest.raises(EmbeddingError) as info:
+        vectorize_image(str(path), cfg, source=SourceSettings.untrusted(cfg))
+    assert info.value.message.startswith("scheme rule")
+    mine = vectorize_image(path, cfg)
+    opened = Config.model_validate({"inference": {"device": "cpu"}, "fetch": {"allowed_networks": LOOPBACK}})
+    served = vectorize_image(f"{server.url}/img/a.jpg", opened)
+    assert float(mine.values @ served.values) > 0.9999  # the same bytes, the same vector
