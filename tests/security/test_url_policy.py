@@ -159,8 +159,10 @@ def other_host():
     srv.stop()
 
 
-def http(networks: list[str] | None = None, **fetch_cfg) -> SourceSettings:
-    cfg = FetchConfig(timeout_s=2, retries=2, backoff_s=0.05, allowed_networks=networks or [], **fetch_cfg)
+def http(networks: list[str] | None = None, retries: int = 2, **fetch_cfg) -> SourceSettings:
+    cfg = FetchConfig(
+        timeout_s=2, retries=retries, backoff_s=0.05, allowed_networks=networks or [], **fetch_cfg
+    )
     return SourceSettings(ALL, 1 << 20, cfg)
 
 
@@ -290,3 +292,52 @@ def test_the_api_follows_the_same_policy(net, server: ImageServer, tmp_path) -> 
     opened = Config.model_validate({"inference": {"device": "cpu"}, "fetch": {"allowed_networks": LOOPBACK}})
     served = vectorize_image(f"{server.url}/img/a.jpg", opened)
     assert float(mine.values @ served.values) > 0.9999  # the same bytes, the same vector
+
+
+@pytest.fixture
+def localhost_certificate(tmp_path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A self-signed certificate for the name "localhost" only, trusted through SSL_CERT_FILE."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    return str(cert_file), str(key_file)
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_name(net, localhost_certificate) -> None:
+    server = ImageServer({"a.jpg": IMAGE}, tls=localhost_certificate).start()
+    try:
+        net.names = {"localhost": ["127.0.0.1"]}
+        assert fetch(f"https://localhost:{server.port}/img/a.jpg", http(LOOPBACK))[0] == IMAGE
+        # The certificate names "localhost", not the address: verification is against the URL's name.
+        url = f"https://127.0.0.1:{server.port}/img/a.jpg"
+        error = expect(url, http(LOOPBACK, retries=0), ErrorCode.FETCH_FAILED)
+        assert "certificate" in error.message.lower()
+    finally:
+        server.stop()

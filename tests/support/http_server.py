@@ -3,6 +3,7 @@ bodies, and redirects."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,11 +15,17 @@ class ImageServer:
     then nothing, /hang never answers, /slow sends one byte a second, /big streams `big_bytes` bytes,
     /flaky/<name> fails with 503 while `flaky` is set, /redirect?to=URL answers 302 to URL, /loop
     redirects to itself, and /auth/<name> serves a file only with the Authorization header `auth`.
-    Binds `host` (127.0.0.1 unless told) only; `stop()` releases every stalled handler.
+    Binds `host` (127.0.0.1 unless told) only, HTTPS with `tls`; `stop()` releases every stalled handler.
     `connections` counts the TCP connections accepted, `requests` the paths asked for, `headers` their
     headers."""
 
-    def __init__(self, files: dict[str, bytes], big_bytes: int = 50 * 1024 * 1024, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        big_bytes: int = 50 * 1024 * 1024,
+        host: str = "127.0.0.1",
+        tls: tuple[str, str] | None = None,
+    ):
         self.files = files
         self.big_bytes = big_bytes
         self.big_sent = 0
@@ -116,6 +123,12 @@ class ImageServer:
 
         self._httpd = ThreadingHTTPServer((host, 0), Handler)
         self._httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # (certificate file, key file): serve HTTPS
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property
@@ -124,7 +137,7 @@ class ImageServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self._httpd.server_address[0]}:{self.port}"
+        return f"{self.scheme}://{self._httpd.server_address[0]}:{self.port}"
 
     def start(self) -> ImageServer:
         self._thread.start()
