@@ -1,10 +1,8 @@
-"""Fetching image bytes (local, file://, s3://, gs://, http(s)://, inline) under the source policy.
+"""Fetching image bytes (local, file://, s3://, gs://, http(s)://) under the source policy.
 
-What a URI may name depends on who wrote it (`resolve_uri`): the user's own local manifest may name local
-files anywhere; a manifest on an object store or HTTP may name object-store and HTTP(S) URIs only, and no
-relative URI may leave its folder; HTTP(S) never reaches non-public addresses (`netpolicy`); inline bytes
-obey `input.allowed_schemes` like any scheme (`check_inline`). Refusals are InvalidManifestRow errors
-whose message starts with the rule's name.
+What a URI may name is the policy of `uripolicy` (`resolve_uri`, `check_inline`; importable from here);
+where HTTP(S) may connect is `netpolicy`'s, applied to every hop by `httpget`. `SourceSettings` carries
+what both need.
 
 Every read is bounded: at most the size limit plus one byte is read, and each attempt runs on a thread of
 its own under a deadline that nobody waits past (`deadline`), so a read that never returns costs a Timeout
@@ -15,14 +13,11 @@ refused before anything could block on it. Failures become EmbeddingErrors with 
 from __future__ import annotations
 
 import os
-import posixpath
-import re
 import stat
 import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 import fsspec
 
@@ -31,13 +26,35 @@ from embedding.config import FetchConfig
 from embedding.errors import TRANSIENT_CODES, EmbeddingError, ErrorCode
 from embedding.netpolicy import Network, parse_networks
 from embedding.redact import redact_text, strip_userinfo
+from embedding.uripolicy import (
+    INLINE,
+    check_inline,
+    check_scheme,
+    is_local,
+    local_path,
+    refuse_local,
+    resolve_uri,
+    scheme_of,
+)
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
     from embedding.config import Config
 
-INLINE = "inline"
+__all__ = [  # the policy lives in uripolicy; these names stay importable from here
+    "INLINE",
+    "SourceSettings",
+    "check_inline",
+    "check_scheme",
+    "check_size",
+    "fetch",
+    "is_local",
+    "local_path",
+    "resolve_uri",
+    "scheme_of",
+]
+
 _LOCAL_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 
 
@@ -91,39 +108,6 @@ class SourceSettings:
         return tuple(self.fetch.allowed_networks)
 
 
-def scheme_of(uri: str) -> str:
-    """The protocol of a URI; plain paths are "file"."""
-    parsed = urlparse(uri)
-    if not parsed.scheme or len(parsed.scheme) == 1:  # a Windows drive letter is a path
-        return "file"
-    return parsed.scheme.lower()
-
-
-def is_local(uri: str) -> bool:
-    return scheme_of(uri) == "file"
-
-
-def check_scheme(uri: str, allowed: tuple[str, ...] | list[str]) -> str:
-    """Raise InvalidManifestRow for a scheme outside the allowlist; returns the scheme."""
-    scheme = scheme_of(uri)
-    if scheme not in allowed:
-        raise EmbeddingError(
-            ErrorCode.INVALID_MANIFEST_ROW,
-            f"scheme rule: scheme '{scheme}' of {strip_userinfo(uri)!r} is not allowed "
-            f"(input.allowed_schemes: {', '.join(allowed)})",
-        )
-    return scheme
-
-
-def check_inline(settings: SourceSettings) -> None:
-    """Raise InvalidManifestRow unless inline image bytes are allowed ("inline" in allowed_schemes)."""
-    if INLINE not in settings.allowed_schemes:
-        raise EmbeddingError(
-            ErrorCode.INVALID_MANIFEST_ROW,
-            "inline rule: inline image bytes are not allowed (input.allowed_schemes has no 'inline')",
-        )
-
-
 def check_size(num_bytes: int, max_bytes: int, where: str) -> None:
     """Raise InvalidImageSize unless the object is under the byte limit (counted on the client)."""
     if num_bytes >= max_bytes:
@@ -132,80 +116,6 @@ def check_size(num_bytes: int, max_bytes: int, where: str) -> None:
             ErrorCode.INVALID_IMAGE_SIZE,
             f"{strip_userinfo(where)} has {size}; images must be under {max_bytes} bytes",
         )
-
-
-def _escapes(relative: str) -> bool:
-    """Whether a relative path climbs above its starting folder (percent-encoded dots count too)."""
-    for text in {relative, unquote(relative)}:
-        depth = 0
-        for segment in re.split(r"[/\\]", text):
-            if segment == "..":
-                depth -= 1
-                if depth < 0:
-                    return True
-            elif segment not in ("", "."):
-                depth += 1
-    return False
-
-
-def resolve_uri(uri: object, manifest_folder: str | None, settings: SourceSettings) -> str:
-    """The URI a manifest row names, checked against the source policy and joined to the manifest's folder.
-
-    `manifest_folder` is the folder of the manifest file (None for a URI given directly, as by the API).
-    Raises EmbeddingError(InvalidManifestRow, "<rule>: ...") for a value that is not a string, a scheme
-    outside input.allowed_schemes, a local path or file:// URI where local files are not allowed, and a
-    relative URI of a remote manifest that climbs out of the manifest's folder.
-    """
-    if not isinstance(uri, str):
-        raise EmbeddingError(
-            ErrorCode.INVALID_MANIFEST_ROW, f"uri rule: uri must be a string, got {type(uri).__name__}"
-        )
-    if not uri.strip():
-        raise EmbeddingError(ErrorCode.INVALID_MANIFEST_ROW, "uri rule: the uri is empty")
-    remote_manifest = manifest_folder is not None and not is_local(manifest_folder)
-    relative = is_local(uri) and uri[:5].lower() != "file:" and not uri.startswith(("/", "\\"))
-    resolved = uri
-    if relative and manifest_folder is not None:
-        if remote_manifest and _escapes(uri):
-            raise EmbeddingError(
-                ErrorCode.INVALID_MANIFEST_ROW,
-                f"folder rule: relative uri {uri!r} leaves the folder of its manifest {manifest_folder}",
-            )
-        joined = posixpath.join(manifest_folder, uri)
-        resolved = joined if remote_manifest else posixpath.normpath(joined)
-    check_scheme(resolved, settings.allowed_schemes)
-    if is_local(resolved):
-        local_path(resolved)  # a file:// URI naming another host is refused here
-        if not settings.for_manifest(manifest_folder).allow_local:
-            raise _local_refused(resolved, remote_manifest)
-    return resolved
-
-
-def _local_refused(uri: str, remote_manifest: bool) -> EmbeddingError:
-    why = (
-        "a manifest on an object store or HTTP may not name local files "
-        "(input.allow_local_from_remote_manifest opens them)"
-        if remote_manifest
-        else "local files are not allowed for this source"
-    )
-    return EmbeddingError(ErrorCode.INVALID_MANIFEST_ROW, f"local-file rule: {strip_userinfo(uri)!r}: {why}")
-
-
-def local_path(uri: str) -> str:
-    """The path of a plain path or file:// URI (which may only name this machine)."""
-    if uri[:5].lower() != "file:":
-        return uri
-    rest = uri[5:]
-    if not rest.startswith("//"):
-        return rest
-    host, _, path = rest[2:].partition("/")
-    if host.lower() not in ("", "localhost"):
-        raise EmbeddingError(
-            ErrorCode.INVALID_MANIFEST_ROW,
-            f"local-file rule: {strip_userinfo(uri)!r} names host {strip_userinfo(host)!r}; "
-            "file:// URIs name local files only",
-        )
-    return "/" + path
 
 
 def _filesystem(scheme: str, settings: SourceSettings) -> fsspec.AbstractFileSystem:
@@ -339,7 +249,7 @@ def fetch(uri: str, settings: SourceSettings, pool: cf.Executor | None = None) -
     shown = strip_userinfo(uri)
     scheme = check_scheme(uri, settings.allowed_schemes)
     if scheme == "file" and not settings.allow_local:
-        raise _local_refused(uri, remote_manifest=False)
+        raise refuse_local(uri, remote_manifest=False)
     cfg = settings.fetch
     attempts = 0
     while True:

@@ -223,7 +223,7 @@ def test_limits_come_from_the_config() -> None:
 @pytest.mark.parametrize(
     "step, target, code",
     [
-        ("validate", "_open_restricted", ErrorCode.INVALID_IMAGE_FORMAT),
+        ("validate", "open_image", ErrorCode.INVALID_IMAGE_FORMAT),
         ("decode", "_to_rgb", ErrorCode.INVALID_IMAGE_FORMAT),
         ("resize", "resize_crop", ErrorCode.PREPROCESS_FAILED),
     ],
