@@ -92,7 +92,8 @@ def resolve_uri(uri: object, manifest_folder: str | None, settings: SourceSettin
         if remote_manifest and _escapes(uri):
             raise EmbeddingError(
                 ErrorCode.INVALID_MANIFEST_ROW,
-                f"folder rule: relative uri {uri!r} leaves the folder of its manifest {manifest_folder}",
+                f"folder rule: relative uri {uri!r} leaves the folder of its manifest "
+                f"{strip_userinfo(str(manifest_folder))}",
             )
         joined = posixpath.join(manifest_folder, uri)
         resolved = joined if remote_manifest else posixpath.normpath(joined)
@@ -105,6 +106,7 @@ def resolve_uri(uri: object, manifest_folder: str | None, settings: SourceSettin
 
 
 def refuse_local(uri: str, remote_manifest: bool) -> EmbeddingError:
+    """The error for a local path where local files are not allowed (the caller raises it)."""
     why = (
         "a manifest on an object store or HTTP may not name local files "
         "(input.allow_local_from_remote_manifest opens them)"

@@ -102,6 +102,8 @@ def test_other_refusals_name_their_rule_and_hide_credentials() -> None:
     for value in (42, None, b"/etc/hostname", ["a"]):
         refused(value, "/data", s, "uri rule")
     refused("  ", "/data", s, "uri rule")
+    message = refused("../x.jpg", "https://reader:hunter22@data.example/set", s, "folder rule")
+    assert "hunter22" not in message
 
 
 def test_inline_bytes_obey_the_allowed_schemes() -> None:
