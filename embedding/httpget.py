@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import re
 import socket
 import ssl
 import time
@@ -26,6 +27,7 @@ from embedding.redact import strip_userinfo
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 1 << 16
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")  # a "%" that starts no escape is a literal "%"
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,8 @@ def _check_hop(url: str, policy: HttpPolicy, hop: int):
 def _target(parts) -> str:
     """The request target, percent-encoding what a manifest may leave raw (spaces, non-ASCII) as
     browsers and aiohttp do; escapes already present are kept."""
-    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
-    query = quote(parts.query, safe="/%:@!$&'()*+,;=?-._~")
+    path = quote(_LONE_PERCENT.sub("%25", parts.path or "/"), safe="/%:@!$&'()*+,;=-._~")
+    query = quote(_LONE_PERCENT.sub("%25", parts.query), safe="/%:@!$&'()*+,;=?-._~")
     return path + (f"?{query}" if query else "")
 
 

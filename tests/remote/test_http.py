@@ -50,6 +50,8 @@ def test_ok_and_404(server: ImageServer) -> None:
     assert fetch(f"{server.url}/img/a photo é.jpg", settings())[0] == server.files["good1.jpg"]
     assert server.requests[-1] == "/img/a%20photo%20%C3%A9.jpg"
     assert fetch(f"{server.url}/img/a%20photo%20%C3%A9.jpg", settings())[0] == server.files["good1.jpg"]
+    server.files["100%.jpg"] = server.files["good1.jpg"]
+    assert fetch(f"{server.url}/img/100%.jpg", settings())[0] == server.files["good1.jpg"]
     assert expect(ErrorCode.NOT_FOUND, f"{server.url}/missing").attempts == 1
 
 
