@@ -19,7 +19,7 @@ from embedding.identity import SEARCH_FIELDS, check_same, identity_for
 from embedding.images import ImageLimits, Preprocess, decode
 from embedding.index.search import Index
 from embedding.relevance import metadata_score, relevance
-from embedding.sources import SourceSettings, check_size, fetch
+from embedding.sources import SourceSettings, check_size, fetch, resolve_uri
 from embedding.text import TextLimits, validate_text
 
 
@@ -71,20 +71,26 @@ def vectorize_text(text: str, cfg: Config | None = None, version: str | None = N
 
 
 def vectorize_image(
-    image: str | bytes | os.PathLike, cfg: Config | None = None, version: str | None = None
+    image: str | bytes | os.PathLike,
+    cfg: Config | None = None,
+    version: str | None = None,
+    source: SourceSettings | None = None,
 ) -> Vector:
-    """One image (a path, a URL or the file's bytes) -> its unit vector. Raises EmbeddingError."""
+    """One image (a path, a URL or the file's bytes) -> its unit vector. Raises EmbeddingError.
+
+    A path or URL follows the source policy of `source`: by default that of the config's own user, who
+    may name local files (the command line); URLs obey the network rules either way. Pass
+    `SourceSettings.untrusted(cfg)` for a path or URL that comes from someone else (no local files).
+    """
     cfg = cfg or Config()
-    encoder = encoder_for(cfg, version)
     limits = cfg.limits
     if isinstance(image, bytes):
         check_size(len(image), limits.max_image_bytes, "the image")
         data = image
-    else:
-        source = SourceSettings(
-            tuple(cfg.input.allowed_schemes), limits.max_image_bytes, cfg.fetch, cfg.input.storage_options
-        )
-        data, _ = fetch(os.fspath(image), source)
+    else:  # before the model loads: a refused source costs nothing
+        source = source or SourceSettings.from_config(cfg)
+        data, _ = fetch(resolve_uri(os.fspath(image), None, source), source)
+    encoder = encoder_for(cfg, version)
     prep: Preprocess = encoder.loaded.preprocess
     prep = Preprocess(
         **{
@@ -93,7 +99,7 @@ def vectorize_image(
             "alpha_background": tuple(cfg.preprocess.alpha_background),
         }
     )
-    pixels = decode(data, prep, ImageLimits(limits.min_image_side, limits.max_image_side)).pixels
+    pixels = decode(data, prep, ImageLimits.from_config(cfg)).pixels
     return _checked(encoder.encode_pixels(pixels[None])[0], encoder.version)
 
 
@@ -110,11 +116,13 @@ def search(
     filters: dict[str, str] | None = None,
     image: bool = False,
     index: Index | None = None,
+    source: SourceSettings | None = None,
 ) -> list[Hit]:
     """Top results for a text, an image (path, URL or bytes, with image=True) or a vector.
 
     The query is embedded with the index's own model version; a Vector of another version is refused.
-    Filters on carried metadata apply before the cut to `top`.
+    Filters on carried metadata apply before the cut to `top`. An image path or URL follows the source
+    policy of `source`, as in `vectorize_image`.
     """
     index = index or Index.for_version(cfg.output.root, cfg.model.version, cfg.output.storage_options)
     version = index.manifest.model_version
@@ -126,7 +134,7 @@ def search(
         index.check_version(query.model_version)
         vector = query
     elif image or isinstance(query, bytes):
-        vector = vectorize_image(query, cfg, version)
+        vector = vectorize_image(query, cfg, version, source)
     else:
         text = str(query)
         vector = vectorize_text(text, cfg, version)

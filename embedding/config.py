@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,9 @@ class InputConfig(Section):
         default_factory=lambda: ["file", "s3", "gs", "gcs", "http", "https", "inline"]
     )
     storage_options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per protocol, for fsspec
+    # A manifest on an object store or HTTP is someone else's file: its rows may name object-store and
+    # HTTP(S) URIs only, never local paths or file:// (see README, Security), unless this is true.
+    allow_local_from_remote_manifest: bool = False
 
     @field_validator("manifest", mode="before")
     @classmethod
@@ -58,6 +62,25 @@ class FetchConfig(Section):
     retries: int = Field(default=2, ge=0)  # extra attempts for transient failures
     backoff_s: float = Field(default=0.5, ge=0)
     threads: int = Field(default=8, ge=1)  # concurrent fetches per decode task (I/O bound)
+    # HTTP(S) never connects to loopback, private, link-local, multicast or reserved addresses; these
+    # CIDR ranges (an intranet's, say) are opened. Object-store endpoints of storage_options are not
+    # affected: the config is trusted, a manifest is not.
+    allowed_networks: list[str] = Field(default_factory=list)
+    max_redirects: int = Field(default=5, ge=0)  # HTTP redirects followed, each one checked again
+    # Reads abandoned at their deadline that may still be running in one process (a stalled NFS mount, a
+    # server that never answers); beyond this, new reads fail at once (FetchFailed) instead of piling up.
+    max_stuck_reads: int = Field(default=64, ge=1)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a network in CIDR notation (e.g. 10.0.0.0/8)") from exc
+        return out
 
 
 class ModelVersionSpec(Section):
@@ -146,6 +169,34 @@ class VideoConfig(Section):
     segment_gap_s: float | None = Field(default=None, gt=0)
 
 
+# The formats the hosted API accepts (Pillow's names). Only these plugins ever see a manifest's bytes.
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "ICO", "MPO")
+
+
+class ImagesConfig(Section):
+    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_IMAGE_FORMATS))
+    # Most pixels decoded for one image (the frame that is decoded, after JPEG's reduced-scale decoding).
+    # 100 MP keeps one decode under about 1 GB (RGBA plus its RGB copy). Under the 20 MB file limit only
+    # JPEGs and flat images (line-art scans, maps) get this large, and JPEGs are decoded at 1/2 to 1/8
+    # scale, so a 15,999 x 15,999 JPEG still passes; a PNG or TIFF that size does not, unless this is
+    # raised (to 256,000,000 to admit every image the side limits allow).
+    max_pixels: int = Field(default=100_000_000, ge=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        names = [str(v).upper() for v in value]
+        unusual = [n for n in names if n not in DEFAULT_IMAGE_FORMATS]
+        if unusual:
+            from PIL import Image
+
+            Image.init()
+            unknown = [n for n in unusual if n not in Image.OPEN]
+            if unknown:
+                raise ValueError(f"Pillow cannot open {', '.join(unknown)}")
+        return names
+
+
 class IndexConfig(Section):
     enabled: bool = True
     kind: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
@@ -179,12 +230,21 @@ class Config(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    def to_yaml(self, redacted: bool = True) -> str:
+        """The config as YAML; secrets redacted (what runs/<id>/config.yaml keeps) unless asked otherwise.
+
+        The redacted form loads again but cannot reach storage: ship the config to workers as an object
+        (or `model_dump_json`), never through this text.
+        """
+        from embedding.redact import redact_config
+
+        tree = self.model_dump(mode="json")
+        return yaml.safe_dump(redact_config(tree) if redacted else tree, sort_keys=False, allow_unicode=True)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

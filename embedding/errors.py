@@ -18,18 +18,23 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NotFound"  # the path or URL does not exist
     FETCH_FAILED = "FetchFailed"  # reading the bytes failed after retries (transient)
     TIMEOUT = "Timeout"  # reading the bytes took longer than the timeout (transient)
-    INVALID_MANIFEST_ROW = "InvalidManifestRow"  # no id, no image, or a disallowed scheme
+    ACCESS_DENIED = "AccessDenied"  # HTTP 401/403, an object store's 403, a local permission error
+    INVALID_MANIFEST_ROW = "InvalidManifestRow"  # no id, no image, or a source the policy refuses
     DUPLICATE_ID = "DuplicateId"  # the id was already seen earlier in the manifest
     INVALID_TEXT = "InvalidText"  # a query text outside the word limits, or empty
     EMBEDDING_NOT_FINITE = "EmbeddingNotFinite"  # the model returned NaN or infinity
     ENCODE_FAILED = "EncodeFailed"  # the model raised an exception on this row alone
     WORKER_CRASHED = "WorkerCrashed"  # the worker process died on this row in every attempt
+    RESOURCE_EXHAUSTED = "ResourceExhausted"  # out of memory decoding the row, also when retried alone
+    PREPROCESS_FAILED = "PreprocessFailed"  # a decoded image could not be resized (a defect: report it)
     # A video row: not a readable video container, no video stream, undecodable or truncated data.
     INVALID_VIDEO_FORMAT = "InvalidVideoFormat"
     VIDEO_TOO_LONG = "VideoTooLong"  # the video lasts longer than limits.max_video_seconds
 
 
 # Errors worth retrying on a later run (resume mode); the others are permanent until --retry-errors.
+# AccessDenied is permanent on purpose: a 403 does not go away by asking again, and every rerun would
+# otherwise repeat the requests of a whole forbidden bucket.
 TRANSIENT_CODES = frozenset({ErrorCode.FETCH_FAILED, ErrorCode.TIMEOUT})
 
 

@@ -1,53 +1,111 @@
-"""Fetching image bytes through fsspec (local, file://, s3://, gs://, http(s)://) or from inline bytes.
+"""Fetching image bytes (local, file://, s3://, gs://, http(s)://) under the source policy.
 
-Every read is bounded: at most the size limit plus one byte of an object is read, each attempt has a
-timeout, and transient failures are retried a bounded number of times. Failures become EmbeddingErrors
-with the codes of DESIGN.md, so the caller can turn them into error rows.
+What a URI may name is the policy of `uripolicy` (`resolve_uri`, `check_inline`; importable from here);
+where HTTP(S) may connect is `netpolicy`'s, applied to every hop by `httpget`. `SourceSettings` carries
+what both need.
+
+Every read is bounded: at most the size limit plus one byte is read, and each attempt runs on a thread of
+its own under a deadline that nobody waits past (`deadline`), so a read that never returns costs a Timeout
+row, never a hung task. Local reads open regular files only: a FIFO, a device, a socket or a directory is
+refused before anything could block on it. Failures become EmbeddingErrors with the codes of README.md.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import os
+import stat
 import time
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlparse
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
+from embedding import deadline, httpget
 from embedding.config import FetchConfig
 from embedding.errors import TRANSIENT_CODES, EmbeddingError, ErrorCode
+from embedding.netpolicy import Network, parse_networks
+from embedding.redact import redact_text, strip_userinfo
+from embedding.uripolicy import (
+    INLINE,
+    check_inline,
+    check_scheme,
+    is_local,
+    local_path,
+    refuse_local,
+    resolve_uri,
+    scheme_of,
+)
 
-INLINE = "inline"
+if TYPE_CHECKING:
+    import concurrent.futures as cf
+
+    from embedding.config import Config
+
+__all__ = [  # the policy lives in uripolicy; these names stay importable from here
+    "INLINE",
+    "SourceSettings",
+    "check_inline",
+    "check_scheme",
+    "check_size",
+    "fetch",
+    "is_local",
+    "local_path",
+    "resolve_uri",
+    "scheme_of",
+]
+
+_LOCAL_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 
 
 @dataclass(frozen=True)
 class SourceSettings:
-    """What a fetch needs: config sections flattened to plain values (cheap to ship to Ray workers)."""
+    """What a fetch needs: config sections flattened to plain values (cheap to ship to Ray workers).
+
+    `allow_local` says whether URIs handled with these settings may name local files at all (False for
+    requests from the network); `allow_local_from_remote_manifest` opens local files to manifests that
+    are not on local disk (`input.allow_local_from_remote_manifest`).
+    """
 
     allowed_schemes: tuple[str, ...]
     max_bytes: int
     fetch: FetchConfig
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    allow_local: bool = True
+    allow_local_from_remote_manifest: bool = False
 
-
-def scheme_of(uri: str) -> str:
-    """The protocol of a URI; plain paths are "file"."""
-    parsed = urlparse(uri)
-    if not parsed.scheme or len(parsed.scheme) == 1:  # a Windows drive letter is a path
-        return "file"
-    return parsed.scheme.lower()
-
-
-def check_scheme(uri: str, allowed: tuple[str, ...] | list[str]) -> str:
-    """Raise InvalidManifestRow for a scheme outside the allowlist; returns the scheme."""
-    scheme = scheme_of(uri)
-    if scheme not in allowed:
-        raise EmbeddingError(
-            ErrorCode.INVALID_MANIFEST_ROW,
-            f"scheme '{scheme}' of {uri!r} is not allowed (input.allowed_schemes: {', '.join(allowed)})",
+    @classmethod
+    def from_config(cls, cfg: Config, manifest_is_local: bool = True) -> SourceSettings:
+        """The settings of a job or a command-line call (trusted config; `manifest_is_local` False for the
+        rows of a manifest on an object store or HTTP)."""
+        opened = cfg.input.allow_local_from_remote_manifest
+        return cls(
+            allowed_schemes=tuple(cfg.input.allowed_schemes),
+            max_bytes=cfg.limits.max_image_bytes,
+            fetch=cfg.fetch,
+            storage_options=cfg.input.storage_options,
+            allow_local=manifest_is_local or opened,
+            allow_local_from_remote_manifest=opened,
         )
-    return scheme
+
+    @classmethod
+    def untrusted(cls, cfg: Config) -> SourceSettings:
+        """For URIs from the network (the online service): no local files at all, whatever the config."""
+        settings = cls.from_config(cfg)
+        schemes = tuple(s for s in settings.allowed_schemes if s != "file")
+        return replace(
+            settings, allowed_schemes=schemes, allow_local=False, allow_local_from_remote_manifest=False
+        )
+
+    def for_manifest(self, manifest_folder: str | None) -> SourceSettings:
+        """These settings for the rows of a manifest in `manifest_folder` (None: no manifest)."""
+        if manifest_folder is None or is_local(manifest_folder) or self.allow_local_from_remote_manifest:
+            return self
+        return replace(self, allow_local=False)
+
+    @property
+    def allowed_networks(self) -> tuple[str, ...]:
+        return tuple(self.fetch.allowed_networks)
 
 
 def check_size(num_bytes: int, max_bytes: int, where: str) -> None:
@@ -55,37 +113,81 @@ def check_size(num_bytes: int, max_bytes: int, where: str) -> None:
     if num_bytes >= max_bytes:
         size = f"{num_bytes} bytes" if num_bytes == max_bytes else f"more than {max_bytes} bytes"
         raise EmbeddingError(
-            ErrorCode.INVALID_IMAGE_SIZE, f"{where} has {size}; images must be under {max_bytes} bytes"
+            ErrorCode.INVALID_IMAGE_SIZE,
+            f"{strip_userinfo(where)} has {size}; images must be under {max_bytes} bytes",
         )
 
 
 def _filesystem(scheme: str, settings: SourceSettings) -> fsspec.AbstractFileSystem:
     options = dict(settings.storage_options.get(scheme, {}))
     timeout = settings.fetch.timeout_s
-    if scheme in ("http", "https"):
-        import aiohttp
-
-        client = dict(options.pop("client_kwargs", {}))
-        client.setdefault(
-            "timeout", aiohttp.ClientTimeout(total=timeout, sock_connect=timeout, sock_read=timeout)
-        )
-        options["client_kwargs"] = client
-    elif scheme in ("s3", "s3a"):
+    if scheme in ("s3", "s3a"):
         config = dict(options.pop("config_kwargs", {}))
         config.setdefault("connect_timeout", timeout)
         config.setdefault("read_timeout", timeout)
         config.setdefault("retries", {"max_attempts": 1})  # our own loop retries
         options["config_kwargs"] = config
+    elif scheme in ("gs", "gcs"):
+        options.setdefault("requests_timeout", timeout)  # each HTTP request of gcsfs
+        options.setdefault("timeout", timeout)  # each blocking call into gcsfs's event loop
     return fsspec.filesystem(scheme, **options)  # fsspec caches instances per options
 
 
-def _read_once(uri: str, scheme: str, settings: SourceSettings) -> bytes:
-    fs = _filesystem(scheme, settings)
-    path = uri if scheme != "file" else uri.removeprefix("file://")
-    # HTTP: stream the body with one GET (block_size=0); the dummy size skips fsspec's HEAD probe, which
-    # would report any failure (a 503 too) as a missing file.
-    kwargs = {"block_size": 0, "size": 1} if scheme in ("http", "https") else {}
-    with fs.open(path, "rb", **kwargs) as f:
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def _not_regular(path: str, mode: int) -> EmbeddingError:
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    return EmbeddingError(ErrorCode.INVALID_MANIFEST_ROW, f"{path} is not a regular file (it is a {kind})")
+
+
+def _read_local(path: str, max_bytes: int) -> bytes:
+    """A regular local file, at most max_bytes + 1 of it; never blocks in open() on a FIFO or device."""
+    info = os.stat(path)  # before open: a tape device rewinds, a FIFO blocks, on open alone
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_regular(path, info.st_mode)
+    check_size(info.st_size, max_bytes, path)
+    fd = os.open(path, _LOCAL_OPEN_FLAGS)
+    try:
+        info = os.fstat(fd)  # the file opened, should it have been swapped since the stat
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(path, info.st_mode)
+        parts, size, limit = [], 0, max_bytes + 1
+        while size < limit:
+            chunk = os.read(fd, min(1 << 20, limit - size))
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+@lru_cache(maxsize=64)
+def _networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+    return parse_networks(cidrs)
+
+
+def _read_once(uri: str, scheme: str, settings: SourceSettings, attempt: deadline.Attempt) -> bytes:
+    cfg = settings.fetch
+    if scheme == "file":
+        return _read_local(local_path(uri), settings.max_bytes)
+    if scheme in ("http", "https"):
+        policy = httpget.HttpPolicy(
+            allowed_schemes=settings.allowed_schemes,
+            networks=_networks(settings.allowed_networks),
+            max_redirects=cfg.max_redirects,
+            headers=httpget.header_pairs(settings.storage_options.get(scheme)),
+        )
+        return httpget.get(uri, policy, settings.max_bytes, time.monotonic() + cfg.timeout_s, attempt)
+    with _filesystem(scheme, settings).open(uri, "rb") as f:
         return _read_at_most(f, settings.max_bytes + 1)
 
 
@@ -101,48 +203,70 @@ def _read_at_most(f, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _classify(exc: BaseException, uri: str) -> EmbeddingError:
-    """Map a library exception to an error code; transient ones are FetchFailed or Timeout."""
+def _status(exc: Exception) -> int | None:
+    for name in ("status", "status_code", "code"):
+        value = getattr(exc, name, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)  # botocore's ClientError
+    if isinstance(response, dict):
+        value = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return value if isinstance(value, int) else None
+    return None
+
+
+def _classify(exc: Exception, shown: str) -> EmbeddingError:
+    """Map a library exception to an error code (Timeout and FetchFailed are the transient ones)."""
     if isinstance(exc, EmbeddingError):
         return exc
-    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
-        return EmbeddingError(ErrorCode.NOT_FOUND, f"{uri} does not exist")
-    name = type(exc).__name__
-    text = str(exc)
-    if isinstance(exc, TimeoutError | cf.TimeoutError) or "Timeout" in name or "timed out" in text.lower():
-        return EmbeddingError(ErrorCode.TIMEOUT, f"reading {uri} timed out ({name})")
-    status = getattr(exc, "status", None) or getattr(exc, "code", None)
-    if status == 404 or ("404" in text and "Not Found" in text):
-        return EmbeddingError(ErrorCode.NOT_FOUND, f"{uri} does not exist (HTTP 404)")
-    return EmbeddingError(ErrorCode.FETCH_FAILED, f"reading {uri} failed: {name}: {text[:300]}")
+    name, text = type(exc).__name__, redact_text(str(exc))[:300]
+    if isinstance(exc, deadline.TooManyStuck):
+        return EmbeddingError(ErrorCode.FETCH_FAILED, f"reading {shown} was not started: {text}")
+    if isinstance(exc, TimeoutError) or "Timeout" in name or "timed out" in text.lower():
+        return EmbeddingError(ErrorCode.TIMEOUT, f"reading {shown} timed out ({name}: {text})")
+    if isinstance(exc, IsADirectoryError):
+        return EmbeddingError(ErrorCode.INVALID_MANIFEST_ROW, f"{shown} is not a regular file (a directory)")
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return EmbeddingError(ErrorCode.NOT_FOUND, f"{shown} does not exist")
+    status = _status(exc)
+    forbidden = text.startswith("Forbidden") or "AccessDenied" in text or "Access Denied" in text
+    if isinstance(exc, PermissionError) or status in (401, 403) or forbidden:
+        return EmbeddingError(ErrorCode.ACCESS_DENIED, f"reading {shown} is not permitted ({name}: {text})")
+    if status in (404, 410) or ("404" in text and "Not Found" in text):
+        return EmbeddingError(ErrorCode.NOT_FOUND, f"{shown} does not exist (HTTP {status or 404})")
+    return EmbeddingError(ErrorCode.FETCH_FAILED, f"reading {shown} failed: {name}: {text}")
 
 
 def fetch(uri: str, settings: SourceSettings, pool: cf.Executor | None = None) -> tuple[bytes, int]:
     """Read the bytes of one image; returns (bytes, attempts). Raises EmbeddingError.
 
-    Each attempt runs under a deadline of fetch.timeout_s (enforced here as well as by the library, so a
-    stalled server cannot hold a worker); transient errors are retried with exponential backoff.
+    Each attempt runs under a deadline of fetch.timeout_s on a daemon thread of its own (module
+    docstring); transient errors (Timeout, FetchFailed) are retried with exponential backoff, so the call
+    returns within about timeout_s x (retries + 1) plus the backoff. `pool` is ignored: it is accepted
+    for callers of the old signature, and a shared pool is exactly what stuck reads must not fill.
     """
+    del pool
+    shown = strip_userinfo(uri)
     scheme = check_scheme(uri, settings.allowed_schemes)
+    if scheme == "file" and not settings.allow_local:
+        raise refuse_local(uri, remote_manifest=False)
     cfg = settings.fetch
     attempts = 0
-    own_pool = pool is None
-    pool = pool or cf.ThreadPoolExecutor(max_workers=1)
-    try:
-        while True:
-            attempts += 1
-            future = pool.submit(_read_once, uri, scheme, settings)
-            try:
-                data = future.result(timeout=cfg.timeout_s)
-            except BaseException as exc:
-                error = _classify(exc, uri)
-                if error.code not in TRANSIENT_CODES or attempts > cfg.retries:
-                    error.attempts = attempts
-                    raise error from None
-                time.sleep(cfg.backoff_s * 2 ** (attempts - 1))
-                continue
-            check_size(len(data), settings.max_bytes, uri)
-            return data, attempts
-    finally:
-        if own_pool:
-            pool.shutdown(wait=False, cancel_futures=True)
+    while True:
+        attempts += 1
+        try:
+            data = deadline.run(
+                lambda attempt: _read_once(uri, scheme, settings, attempt),
+                cfg.timeout_s,
+                cfg.max_stuck_reads,
+                name=f"fetch-{scheme}",
+            )
+        except Exception as exc:  # never BaseException: Ctrl-C and Ray's cancellation propagate
+            error = _classify(exc, shown)
+            if error.code not in TRANSIENT_CODES or attempts > cfg.retries:
+                error.attempts = attempts
+                raise error from None
+            time.sleep(cfg.backoff_s * 2 ** (attempts - 1))
+            continue
+        check_size(len(data), settings.max_bytes, shown)
+        return data, attempts

@@ -37,6 +37,42 @@ def exif_rotated_jpeg(image: Image.Image, orientation: int = 6) -> bytes:
     return jpeg_bytes(stored, exif=exif.tobytes())
 
 
+# How to store an upright image so that a viewer applying EXIF orientation N shows it upright again
+# (the inverse of the transposition Pillow's ImageOps.exif_transpose applies for N).
+_STORED = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+ORIENTED_FORMATS = ("jpeg", "png", "webp", "tiff-g4")
+
+
+def oriented(image: Image.Image, orientation: int, fmt: str) -> bytes:
+    """`image` stored transposed, with the orientation tag (EXIF, or TIFF's own tag) that undoes it.
+
+    fmt is one of ORIENTED_FORMATS; "tiff-g4" is a 1-bit CCITT Group 4 TIFF (the image is made 1-bit
+    first, so every orientation holds exactly the same pixels).
+    """
+    if fmt == "tiff-g4":
+        image = image.convert("1")
+    transpose = _STORED[orientation]
+    stored = image.transpose(transpose) if transpose is not None else image.copy()
+    buf = io.BytesIO()
+    if fmt == "tiff-g4":
+        stored.save(buf, "TIFF", compression="group4", tiffinfo={0x0112: orientation})
+        return buf.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    options = {"quality": 95} if fmt in ("jpeg", "webp") else {}
+    stored.save(buf, fmt.upper(), exif=exif.tobytes(), **options)
+    return buf.getvalue()
+
+
 def cmyk_jpeg(image: Image.Image) -> bytes:
     return jpeg_bytes(image.convert("CMYK"))
 

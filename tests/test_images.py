@@ -149,3 +149,147 @@ def test_photo_embeddings_match_the_reference_path_with_the_demo_model() -> None
         ours = loaded.model.encode_image((pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std)
     cosine = torch.nn.functional.cosine_similarity(reference.float(), ours.float())
     assert cosine.min() >= 0.995
+
+
+# --- issue 11: orientation, format allow-list, pixel budget, every failure with its code ----------
+
+
+@pytest.fixture(scope="module")
+def demo_encoder():
+    from embedding.config import InferenceConfig, ModelConfig
+    from embedding.encoder import Encoder
+
+    return Encoder("demo", ModelConfig(), InferenceConfig(device="cpu"))
+
+
+@pytest.mark.parametrize("fmt", f.ORIENTED_FORMATS)
+def test_every_exif_orientation_embeds_like_the_upright_image(fmt: str, demo_encoder) -> None:
+    # 4:1, so that orientations 5-8 of the G4 TIFF hit the old "box can't be empty" crash.
+    image = f.shape_image("red", "triangle", side=240).resize((640, 160))
+    prep = demo_encoder.loaded.preprocess
+    decoded = [decode(f.oriented(image, o, fmt), prep, LIMITS) for o in range(1, 9)]
+    assert [(d.width, d.height) for d in decoded] == [(640, 160)] * 8
+    vectors = demo_encoder.encode_pixels(np.stack([d.pixels for d in decoded]))
+    cosine = vectors @ vectors[0]
+    assert cosine.min() >= 0.99, cosine
+    # The tag is what turns them upright: the stored pixels of orientation 6 alone are another picture.
+    sideways = decode(f.oriented(image.transpose(Image.Transpose.ROTATE_90), 1, fmt), prep, LIMITS)
+    assert np.abs(sideways.pixels.astype(int) - decoded[0].pixels.astype(int)).mean() > 10
+
+
+def test_only_allowed_formats_are_opened() -> None:
+    ppm = io.BytesIO()
+    f.shape_image(side=64).save(ppm, "PPM")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n"
+    for data in (ppm.getvalue(), eps):
+        with pytest.raises(EmbeddingError) as info:
+            decode(data, PREP, LIMITS)
+        assert info.value.code == ErrorCode.INVALID_IMAGE_FORMAT and "images.formats" in info.value.message
+    with_ppm = ImageLimits(formats=(*LIMITS.formats, "PPM"))
+    assert decode(ppm.getvalue(), PREP, with_ppm).pixels.shape == (224, 224, 3)
+    png_only = ImageLimits(formats=("PNG",))
+    with pytest.raises(EmbeddingError):
+        decode(f.jpeg_bytes(f.shape_image(side=64)), PREP, png_only)
+
+
+def test_the_pixel_budget_counts_pixels_really_decoded() -> None:
+    small_budget = ImageLimits(max_pixels=1_000_000)
+    wide = f.shape_image(side=400).resize((2000, 1000))  # 2 MP
+    with pytest.raises(EmbeddingError) as info:
+        decode(f.png_bytes(wide), PREP, small_budget)
+    assert info.value.code == ErrorCode.INVALID_IMAGE_DIMENSION and "images.max_pixels" in info.value.message
+    # A JPEG decodes at reduced scale (here 1/4: 500 x 250), well within the budget ...
+    assert decode(f.jpeg_bytes(wide), PREP, small_budget).width == 2000
+    # ... unless reduced-scale decoding is switched off.
+    with pytest.raises(EmbeddingError):
+        decode(f.jpeg_bytes(wide), Preprocess(size=(224, 224), draft_gap=0), small_budget)
+
+
+def test_limits_come_from_the_config() -> None:
+    from embedding.config import Config
+
+    cfg = Config.model_validate(
+        {"images": {"formats": ["png", "ppm"], "max_pixels": 5000}, "limits": {"max_image_side": 900}}
+    )
+    limits = ImageLimits.from_config(cfg)
+    assert limits == ImageLimits(min_side=10, max_side=900, max_pixels=5000, formats=("PNG", "PPM"))
+    from embedding.config import load_config
+    from embedding.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Pillow cannot open NOPE"):
+        load_config(None, ["images.formats=[JPEG, NOPE]"])
+
+
+@pytest.mark.parametrize(
+    "step, target, code",
+    [
+        ("validate", "open_image", ErrorCode.INVALID_IMAGE_FORMAT),
+        ("decode", "_to_rgb", ErrorCode.INVALID_IMAGE_FORMAT),
+        ("resize", "resize_crop", ErrorCode.PREPROCESS_FAILED),
+    ],
+)
+@pytest.mark.parametrize("error", [RuntimeError("planted"), ValueError("box can't be empty"), MemoryError()])
+def test_an_exception_in_any_step_becomes_its_code(
+    monkeypatch: pytest.MonkeyPatch, step: str, target: str, code: ErrorCode, error: Exception
+) -> None:
+    import embedding.images as images
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(images, target, fail)
+    with pytest.raises(EmbeddingError) as info:
+        decode(f.png_bytes(f.shape_image(side=100)), PREP, LIMITS)
+    expected = ErrorCode.RESOURCE_EXHAUSTED if isinstance(error, MemoryError) else code
+    assert info.value.code == expected
+    assert info.value.__cause__ is None  # no chained traceback keeping the frames' pixels alive
+
+
+def test_out_of_memory_is_retried_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import embedding.images as images
+
+    real, calls = images.resize_crop, []
+
+    def once_out_of_memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(images, "resize_crop", once_out_of_memory)
+    data = f.png_bytes(f.shape_image(side=100))
+    with pytest.raises(EmbeddingError) as info:
+        decode(data, PREP, LIMITS)
+    assert info.value.code == ErrorCode.RESOURCE_EXHAUSTED
+    assert images.decode_alone(data, PREP, LIMITS).pixels.shape == (224, 224, 3)
+
+
+def test_a_retry_alone_waits_for_running_decodes_and_holds_off_new_ones() -> None:
+    import threading
+
+    from embedding.images import _Gate
+
+    gate = _Gate()
+    alone_in, alone_done, newcomer_in = threading.Event(), threading.Event(), threading.Event()
+
+    def alone() -> None:
+        with gate.exclusive():
+            alone_in.set()
+            alone_done.wait(5)
+
+    def newcomer() -> None:
+        with gate.shared():
+            newcomer_in.set()
+
+    retry = threading.Thread(target=alone)
+    with gate.shared():  # a decode is running
+        retry.start()
+        assert not alone_in.wait(0.2)  # the retry waits for it
+    assert alone_in.wait(5)
+    other = threading.Thread(target=newcomer)
+    other.start()
+    assert not newcomer_in.wait(0.2)  # a new decode waits while the retry runs alone
+    alone_done.set()
+    assert newcomer_in.wait(5)
+    retry.join(5)
+    other.join(5)

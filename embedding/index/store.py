@@ -9,20 +9,30 @@ Paths in index.json are relative to its folder, so the folder can be copied to a
 writes a new build folder and then index.json (one object: the atomic switch), then removes old builds.
 Loading checks the files' sizes against index.json (cheap, keeps memory-mapping cheap); `verify` checks
 their SHA-256 too.
+
+An index folder is untrusted input (someone else may have written it): every path in index.json must be
+relative and stay inside the folder (no absolute paths, no "..", no symlinks leading out), or the index is
+refused before any file is opened. A remote index is downloaded into a per-user cache folder that only its
+owner can enter ($XDG_CACHE_HOME/embedding/index or ~/.cache/embedding/index), and every downloaded file is
+verified against its SHA-256 in index.json before use.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
-import tempfile
+import re
+import secrets
+import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from embedding.errors import ConfigError
 from embedding.storage import write_atomic
@@ -31,12 +41,48 @@ INDEX_FILE = "index.json"
 FORMAT_VERSION = 2
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def safe_relative(path: str) -> str:
+    """`path` if it is a relative path that stays inside its folder; raises ValueError otherwise."""
+    parts = path.split("/")
+    if (
+        not path
+        or "\\" in path
+        or "\0" in path
+        or path.startswith("/")
+        or re.match(r"^[A-Za-z]:", path)
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise ValueError(f"{path!r} is not a plain relative path inside the index folder")
+    return path
+
+
 class ShardFiles(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: int
     files: dict[str, str]  # role (index, vectors, meta) -> path relative to the index folder
     bytes: dict[str, int]
     sha256: dict[str, str]
+
+    @field_validator("files")
+    @classmethod
+    def _inside(cls, files: dict[str, str]) -> dict[str, str]:
+        for path in files.values():
+            safe_relative(path)
+        return files
+
+    @model_validator(mode="after")
+    def _complete(self) -> ShardFiles:
+        roles = set(self.files)
+        if roles != set(self.bytes) or roles != set(self.sha256):
+            raise ValueError("files, bytes and sha256 must name the same roles")
+        if not all(_SHA256.match(v) for v in self.sha256.values()):
+            raise ValueError("sha256 values must be 64 lowercase hex digits")
+        if any(n < 0 for n in self.bytes.values()) or self.rows < 0:
+            raise ValueError("sizes and row counts cannot be negative")
+        return self
 
 
 class IndexManifest(BaseModel):
@@ -92,13 +138,18 @@ def read_manifest(folder: str, storage_options: dict) -> IndexManifest:
             f"no index at {folder}: build it with `embedding index CONFIG` (or enable index in run)"
         )
     with fs.open(path, "r") as f:
-        raw = f.read()
+        text = f.read()
     try:
-        return IndexManifest.model_validate_json(raw)
-    except ValidationError as exc:
+        return IndexManifest.model_validate(json.loads(text))
+    except (ValidationError, ValueError) as exc:
+        problems = (
+            "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            if isinstance(exc, ValidationError)
+            else str(exc)
+        )
         raise ConfigError(
-            f"{folder}/{INDEX_FILE} is not an index of this version of the package ({exc.error_count()} "
-            "problems): rebuild it with `embedding index CONFIG`"
+            f"the index.json of {folder} is invalid or tampered with ({problems}); refusing to load it: "
+            "rebuild the index with `embedding index`"
         ) from None
 
 
@@ -107,18 +158,88 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+def cache_root() -> Path:
+    """The per-user folder for downloaded indexes: $XDG_CACHE_HOME/embedding/index, ~/.cache/... else."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "embedding" / "index"
+
+
+def _private_dir(path: Path) -> None:
+    """Create the cache entry `path` (.../embedding/index/<entry>) with mode 0700, checking each level
+    from .../embedding down before going into it: a level that is a symlink or another user's is refused
+    before anything is created beneath it."""
+    top = path.parent.parent
+    top.parent.mkdir(parents=True, exist_ok=True)  # $XDG_CACHE_HOME or ~/.cache
+    for folder in (top, path.parent, path):
+        folder.mkdir(mode=0o700, exist_ok=True)  # another process may make it meanwhile: checked below
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise ConfigError(f"index cache folder {folder} is not a folder of this user: remove it")
+        if info.st_mode & 0o077:
+            os.chmod(folder, 0o700)
+
+
+def _inside(folder: str, rel: str) -> str:
+    """folder/rel, refusing a path that resolves outside the folder (a symlink leading out, say)."""
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(folder, safe_relative(rel)))
+    if os.path.commonpath([root, path]) != root:
+        raise ConfigError(f"index file {rel} leads outside the index folder {folder}; refusing the index")
+    return path
+
+
+def _download(fs: fsspec.AbstractFileSystem, source: str, target: Path, size: int, sha256: str) -> None:
+    """Copy one file into the cache, hashing as it streams; keep it only when the SHA-256 matches."""
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    digest, copied = hashlib.sha256(), 0
+    try:
+        with fs.open(source, "rb") as src, open(partial, "wb") as dst:
+            while chunk := src.read(min(1 << 20, size + 1 - copied)):
+                digest.update(chunk)
+                dst.write(chunk)
+                copied += len(chunk)
+                if copied > size:
+                    break  # longer than index.json says: do not let it fill the disk
+        if copied != size or digest.hexdigest() != sha256:
+            raise ConfigError(
+                f"downloaded index file {source} does not match the size and SHA-256 in its index.json: "
+                "the remote index is corrupt or was tampered with; rebuild it with `embedding index`"
+            )
+        os.replace(partial, target)
+        target.with_name(target.name + ".sha256").write_text(sha256)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def local_folder(folder: str, manifest: IndexManifest, storage_options: dict) -> str:
-    """A local folder holding the index files: the folder itself, or a cached copy of a remote one."""
+    """A local folder holding the index files: the folder itself, or a verified cached copy of a remote one.
+
+    Cached files are verified by SHA-256 when downloaded; a marker beside each remembers the digest, so a
+    later load reuses the file without hashing it again (the cache folder is the user's own, mode 0700).
+    """
     fs, base = url_to_fs(folder, **storage_options)
     if _is_local(fs):
         return base
-    cache = Path(tempfile.gettempdir()) / "embedding-index" / hashlib.sha256(folder.encode()).hexdigest()[:16]
+    cache = cache_root() / hashlib.sha256(folder.encode()).hexdigest()[:32]
+    _private_dir(cache)
+    wanted = set()
     for shard in manifest.shards:
         for role, rel in shard.files.items():
-            local = cache / rel
-            if not local.exists() or local.stat().st_size != shard.bytes[role]:
-                local.parent.mkdir(parents=True, exist_ok=True)
-                fs.get(posixpath.join(base, rel), str(local))
+            wanted.add(rel.split("/")[0])
+            local = Path(_inside(str(cache), rel))
+            marker = local.with_name(local.name + ".sha256")
+            fresh = (
+                local.is_file()
+                and local.stat().st_size == shard.bytes[role]
+                and marker.is_file()
+                and marker.read_text().strip() == shard.sha256[role]
+            )
+            if not fresh:
+                local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _download(fs, posixpath.join(base, rel), local, shard.bytes[role], shard.sha256[role])
+    for entry in cache.iterdir():  # builds that index.json no longer names
+        if entry.name not in wanted and entry.name.startswith("build-"):
+            shutil.rmtree(entry, ignore_errors=True)
     return str(cache)
 
 
@@ -126,7 +247,7 @@ def check_files(folder: str, manifest: IndexManifest, checksums: bool) -> None:
     """Refuse an index whose files are missing, of the wrong size, or (with checksums) corrupt."""
     for number, shard in enumerate(manifest.shards):
         for role, rel in shard.files.items():
-            path = os.path.join(folder, rel)
+            path = _inside(folder, rel)
             if not os.path.exists(path):
                 raise ConfigError(f"index shard {number}: {role} file {rel} is missing from {folder}")
             size = os.path.getsize(path)

@@ -41,7 +41,12 @@ def outcome(root: Path) -> tuple[set[str], list[tuple[str, int, str]], set[str],
     emb = pq.read_table(root / "embeddings" / "model_version=demo").column("image_id").to_pylist()
     err = pq.read_table(root / "errors" / "model_version=demo")
     errors = list(
-        zip(err["source_file"].to_pylist(), err["row_index"].to_pylist(), err["error_code"].to_pylist())
+        zip(
+            err["source_file"].to_pylist(),
+            err["row_index"].to_pylist(),
+            err["error_code"].to_pylist(),
+            strict=True,
+        )
     )
     index = Index.for_version(str(root), "demo")
     indexed = [i for shard in index.shards for i in shard.meta.column("image_id").to_pylist()]
@@ -143,14 +148,14 @@ def test_a_redefined_version_and_a_wrong_width_are_refused_at_start(
     run(cfg)
     other = {**mine, "interpolation": "bilinear"}  # another preprocessing under the same name
     redefined = make_config(str(manifest), model={"version": "mine", "versions": {"mine": other}})
-    with pytest.raises(ConfigError, match="interpolation.*bicubic.*bilinear"):
+    with pytest.raises(ConfigError, match=r"interpolation.*bicubic.*bilinear"):
         run(redefined)
     from embedding.api import search
 
     with pytest.raises(ConfigError, match="another model"):
         search("a red circle", redefined)
     wide = make_config(str(manifest), model={"version": "wide", "versions": {"wide": {**mine, "dim": 512}}})
-    with pytest.raises(ConfigError, match="512.*1024"):
+    with pytest.raises(ConfigError, match=r"512.*1024"):
         run(wide)
     assert not (Path(cfg.output.root) / "embeddings" / "model_version=wide").exists()
     overwrite = make_config(

@@ -27,8 +27,13 @@ def server():
     srv.stop()
 
 
+# The test server listens on loopback, which the network rule refuses unless a config opens it.
+LOOPBACK = ["127.0.0.1/32"]
+
+
 def settings(timeout: float = 1.0) -> SourceSettings:
-    return SourceSettings(("http", "https"), LIMIT, FetchConfig(timeout_s=timeout, retries=1, backoff_s=0.1))
+    fetch_cfg = FetchConfig(timeout_s=timeout, retries=1, backoff_s=0.1, allowed_networks=LOOPBACK)
+    return SourceSettings(("http", "https"), LIMIT, fetch_cfg)
 
 
 def expect(code: ErrorCode, url: str) -> EmbeddingError:
@@ -41,6 +46,12 @@ def expect(code: ErrorCode, url: str) -> EmbeddingError:
 def test_ok_and_404(server: ImageServer) -> None:
     data, attempts = fetch(f"{server.url}/img/good1.jpg", settings())
     assert data == server.files["good1.jpg"] and attempts == 1
+    server.files["a photo é.jpg"] = server.files["good1.jpg"]  # raw space and non-ASCII, as manifests have
+    assert fetch(f"{server.url}/img/a photo é.jpg", settings())[0] == server.files["good1.jpg"]
+    assert server.requests[-1] == "/img/a%20photo%20%C3%A9.jpg"
+    assert fetch(f"{server.url}/img/a%20photo%20%C3%A9.jpg", settings())[0] == server.files["good1.jpg"]
+    server.files["100%.jpg"] = server.files["good1.jpg"]
+    assert fetch(f"{server.url}/img/100%.jpg", settings())[0] == server.files["good1.jpg"]
     assert expect(ErrorCode.NOT_FOUND, f"{server.url}/missing").attempts == 1
 
 
@@ -75,7 +86,7 @@ def test_transient_failures_are_retried_by_a_later_run(
     pq.write_table(pa.table({"image_id": ids, "uri": urls}), manifest)
     cfg = make_config(
         str(manifest),
-        fetch={"timeout_s": 1, "retries": 1, "backoff_s": 0.1},
+        fetch={"timeout_s": 1, "retries": 1, "backoff_s": 0.1, "allowed_networks": LOOPBACK},
         limits={"max_image_bytes": LIMIT},
     )
     first = run(cfg)

@@ -1,23 +1,40 @@
-"""A local HTTP server for image URLs that also misbehaves: 404s, stalls, oversized and flaky bodies."""
+"""A local HTTP server for image URLs that also misbehaves: 404s, 403s, stalls, slow, oversized and flaky
+bodies, and redirects."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class ImageServer:
-    """Serves `files` under /img/<name>; /missing is a 404, /stall sends headers and then nothing,
-    /hang never answers, /big streams `big_bytes` bytes, /flaky/<name> fails with 503 while `flaky` is set.
-    Binds 127.0.0.1 only; `stop()` releases every stalled handler."""
+    """Serves `files` under /img/<name>; /missing is a 404, /forbidden a 403, /stall sends headers and
+    then nothing, /hang never answers, /slow sends one byte a second, /big streams `big_bytes` bytes,
+    /flaky/<name> fails with 503 while `flaky` is set, /redirect?to=URL answers 302 to URL, /loop
+    redirects to itself, and /auth/<name> serves a file only with the Authorization header `auth`.
+    Binds `host` (127.0.0.1 unless told) only, HTTPS with `tls`; `stop()` releases every stalled handler.
+    `connections` counts the TCP connections accepted, `requests` the paths asked for, `headers` their
+    headers."""
 
-    def __init__(self, files: dict[str, bytes], big_bytes: int = 50 * 1024 * 1024):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        big_bytes: int = 50 * 1024 * 1024,
+        host: str = "127.0.0.1",
+        tls: tuple[str, str] | None = None,
+    ):
         self.files = files
         self.big_bytes = big_bytes
         self.big_sent = 0
+        self.slow_sent = 0
         self.flaky = True
+        self.auth: str | None = None
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.connections = 0
         self._release = threading.Event()
         server = self
 
@@ -25,23 +42,48 @@ class ImageServer:
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
+            def setup(self) -> None:
+                server.connections += 1
+                super().setup()
+
             def do_GET(self) -> None:
                 server.requests.append(self.path)
-                if self.path.startswith("/img/") and self.path[5:] in server.files:
-                    self._send(server.files[self.path[5:]])
-                elif self.path.startswith("/flaky/") and not server.flaky and self.path[7:] in server.files:
-                    self._send(server.files[self.path[7:]])
-                elif self.path.startswith("/flaky/"):
+                server.headers.append(dict(self.headers.items()))
+                path = unquote(urlsplit(self.path).path)
+                if path.startswith("/img/") and path[5:] in server.files:
+                    self._send(server.files[path[5:]])
+                elif path.startswith("/auth/") and path[6:] in server.files:
+                    if server.auth is not None and self.headers.get("Authorization") == server.auth:
+                        self._send(server.files[path[6:]])
+                    else:
+                        self.send_error(401, "who are you")
+                elif path.startswith("/flaky/") and not server.flaky and path[7:] in server.files:
+                    self._send(server.files[path[7:]])
+                elif path.startswith("/flaky/"):
                     self.send_error(503, "try again later")
-                elif self.path == "/stall":
+                elif path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", parse_qs(urlsplit(self.path).query)["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif path == "/loop":
+                    self.send_response(302)
+                    self.send_header("Location", "/loop")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif path == "/forbidden":
+                    self.send_error(403, "not for you")
+                elif path == "/stall":
                     self.send_response(200)
                     self.send_header("Content-Length", "100000")
                     self.end_headers()
                     self.wfile.flush()
                     server._release.wait(60)
-                elif self.path == "/hang":
+                elif path == "/hang":
                     server._release.wait(60)
-                elif self.path == "/big":
+                elif path == "/slow":
+                    self._trickle()
+                elif path == "/big":
                     self._stream_big()
                 else:
                     self.send_error(404, "no such image")
@@ -52,6 +94,20 @@ class ImageServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _trickle(self) -> None:
+                """One byte a second: every single read returns in time, the whole never does."""
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                try:
+                    while not server._release.is_set():
+                        self.wfile.write(b"\xff")
+                        self.wfile.flush()
+                        server.slow_sent += 1
+                        server._release.wait(1.0)  # the server's pace, not a test waiting
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up, as it should
 
             def _stream_big(self) -> None:
                 self.send_response(200)
@@ -65,13 +121,23 @@ class ImageServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client stopped reading, as it should
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer((host, 0), Handler)
         self._httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # (certificate file, key file): serve HTTPS
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"{self.scheme}://{self._httpd.server_address[0]}:{self.port}"
 
     def start(self) -> ImageServer:
         self._thread.start()
