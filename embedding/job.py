@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from embedding import redact
 from embedding.cluster import connect_ray
 from embedding.commit import Committer
 from embedding.config import Config, ModelVersionSpec
@@ -136,6 +137,8 @@ def _metadata(job: Prepared, run_id: str) -> dict[str, str]:
 def _settings(job: Prepared, run_id: str, partition: Partition, gpus: float) -> StageSettings:
     cfg = job.cfg
     names = set().union(*(f.schema.names for f in job.files))
+    # The policy of what rows may name; the read stage narrows it for manifests that are not local files.
+    source = SourceSettings.from_config(cfg)
     read = ReadSettings(
         kind=job.kind,
         carried=[f.name for f in job.carried],
@@ -146,14 +149,9 @@ def _settings(job: Prepared, run_id: str, partition: Partition, gpus: float) -> 
         output_options=partition.storage_options,
         version=cfg.model.version,
         retry_errors=cfg.run.retry_errors,
+        source=source,
     )
     limits = cfg.limits
-    source = SourceSettings(
-        allowed_schemes=tuple(cfg.input.allowed_schemes),
-        max_bytes=limits.max_image_bytes,
-        fetch=cfg.fetch,
-        storage_options=cfg.input.storage_options,
-    )
     schemas = OutputSchemas(
         job.kind, job.spec.dim, cfg.output.embedding_dtype, job.carried, _metadata(job, run_id)
     )
@@ -164,7 +162,7 @@ def _settings(job: Prepared, run_id: str, partition: Partition, gpus: float) -> 
         kind=job.kind,
         version=cfg.model.version,
         read=read,
-        decode=DecodeSettings(source, job.prep, ImageLimits(limits.min_image_side, limits.max_image_side)),
+        decode=DecodeSettings(source, job.prep, ImageLimits.from_config(cfg)),
         text_limits=TextLimits(limits.min_text_words, limits.max_text_words),
         write=write,
         num_gpus_per_actor=gpus,
@@ -199,6 +197,7 @@ def _start_up(target: Partition, job: Prepared) -> None:
 def run(cfg: Config) -> dict[str, Any]:
     """Run the job for a config; returns the summary (also saved as summary.json)."""
     started = time.time()
+    redact.install(cfg.model_dump(mode="json"))  # secrets of the config never reach the log
     job = prepare(cfg)
     run_id = new_run_id()
     target = Partition(cfg.output.root, job.kind, cfg.model.version, cfg.output.storage_options)

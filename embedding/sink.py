@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding.outputs import Partition
+from embedding.redact import strip_userinfo
 from embedding.rows import METRIC_PREFIX, embedding_type, unpack
 
 STAGES = ("decode", "encode")
@@ -122,6 +123,9 @@ def assemble(rows: pa.Table, settings: WriteSettings) -> tuple[pa.Table, pa.Tabl
     """A whole unit's stream rows -> its two tables, with adopted rows and (retried units) kept rows."""
     schemas, partition = settings.schemas, settings.partition()
     rows = rows.rename_columns([schemas.id_column if n == "id" else n for n in rows.column_names])
+    if "uri" in rows.column_names:  # credentials in a URI never reach the outputs
+        uris = [strip_userinfo(u) if u else u for u in rows.column("uri").to_pylist()]
+        rows = rows.set_column(rows.schema.get_field_index("uri"), "uri", pa.array(uris, pa.string()))
     failed = pc.is_valid(rows.column("error_code"))
     adopted = pc.and_(pc.invert(failed), pc.is_valid(rows.column("adopt_from")))
     good = rows.filter(pc.invert(pc.or_(failed, adopted)))

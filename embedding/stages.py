@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import posixpath
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ import pyarrow.compute as pc
 
 from embedding import fates
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.images import ImageLimits, Preprocess, decode
-from embedding.manifest import IMAGE_ID, TEXT_ID, open_parquet, resolve_uri
+from embedding.images import ImageLimits, Preprocess, decode, decode_alone
+from embedding.manifest import IMAGE_ID, TEXT_ID, open_parquet
 from embedding.outputs import Partition
 from embedding.plan import ReadTask, UnitTask, retryable
+from embedding.redact import strip_userinfo
 from embedding.rows import append_columns, fail_rows, pack, pending_rows, pixels_array, timing_columns, unpack
-from embedding.sources import SourceSettings, check_size, fetch
+from embedding.sources import SourceSettings, check_inline, check_size, fetch, resolve_uri
 from embedding.text import TextLimits, validate_text
 
 
@@ -40,6 +42,7 @@ class ReadSettings:
     output_options: dict
     version: str
     retry_errors: bool
+    source: SourceSettings | None = None  # images: the policy of what a manifest may name
 
 
 def _columns(settings: ReadSettings) -> tuple[str, list[str]]:
@@ -137,9 +140,14 @@ def _stream(
         "id": rows.column(id_col).cast(pa.string()),
     }
     if settings.kind == "image":
-        folder = task.file_uri.rsplit("/", 1)[0] if "/" in task.file_uri else "."
-        uris = rows.column("uri").to_pylist() if settings.has_uri else [None] * n
-        columns["uri"] = pa.array([resolve_uri(u, folder) if u else None for u in uris], pa.string())
+        uris, refused = _resolve_uris(rows, task, settings)
+        columns["uri"] = pa.array(uris, pa.string())
+        if refused:
+            codes, messages = code.to_pylist(), message.to_pylist()
+            for i, why in refused.items():
+                if codes[i] is None:  # a row's first problem is the one it reports
+                    codes[i], messages[i] = ErrorCode.INVALID_MANIFEST_ROW.value, why
+            code, message = pa.array(codes, pa.string()), pa.array(messages, pa.string())
         if settings.has_inline:
             columns["image"] = rows.column("image").cast(pa.large_binary())
     else:
@@ -154,6 +162,28 @@ def _stream(
     columns["unit_rows"] = pa.array(np.full(n, unit.expected), pa.int64())
     columns["unit_mode"] = pa.array([unit.mode] * n, pa.string())
     return pa.table(columns)
+
+
+def _resolve_uris(rows: pa.Table, task: ReadTask, settings: ReadSettings) -> tuple[list, dict[int, str]]:
+    """Each row's URI joined to its manifest's folder and checked against the source policy (refusals by
+    row, with the rule that refused them); rows with inline bytes obey the policy's `inline` scheme."""
+    n = rows.num_rows
+    folder = posixpath.dirname(task.file_uri)
+    source = settings.source.for_manifest(folder)
+    raw = rows.column("uri").to_pylist() if settings.has_uri else [None] * n
+    inline = rows.column("image").is_valid().to_pylist() if settings.has_inline else [False] * n
+    uris: list[str | None] = [None] * n
+    refused: dict[int, str] = {}
+    for i, (uri, has_bytes) in enumerate(zip(raw, inline, strict=True)):
+        try:
+            if has_bytes:
+                check_inline(source)
+            elif uri is not None:
+                uris[i] = resolve_uri(uri, folder, source)
+        except EmbeddingError as exc:
+            refused[i] = exc.message
+            uris[i] = strip_userinfo(uri) if isinstance(uri, str) else None
+    return uris, refused
 
 
 def read_units(batch: dict[str, np.ndarray], settings: ReadSettings, buckets: list) -> Iterator[pa.Table]:
@@ -187,7 +217,7 @@ def _fetch_row(
     uri: str | None, inline: bytes | None, settings: DecodeSettings, row: int
 ) -> tuple[bytes, int]:
     """The bytes of one row and the fetch attempts made. Raises EmbeddingError."""
-    if inline is not None:
+    if inline is not None:  # the read stage checked the policy's `inline` scheme
         check_size(len(inline), settings.source.max_bytes, f"inline image of row {row}")
         return inline, 0
     if not uri:
@@ -218,6 +248,20 @@ def decode_rows(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
     attempts = [a or 0 for a in batch.column("attempts").to_pylist()]
     failed: dict[str, dict[int, tuple[ErrorCode, str]]] = {"fetch": {}, "decode": {}}
     threads = max(1, min(settings.source.fetch.threads, len(pending)))
+    exhausted: dict[int, bytes] = {}  # rows that ran out of memory: retried alone, after the others
+
+    def keep(i: int, data: bytes, alone: bool) -> None:
+        try:
+            decoded = (decode_alone if alone else decode)(data, settings.prep, settings.limits)
+        except EmbeddingError as exc:
+            if exc.code == ErrorCode.RESOURCE_EXHAUSTED and not alone:
+                exhausted[i] = data
+            else:
+                failed["decode"][i] = (exc.code, exc.message)
+            return
+        pixels[i], width[i], height[i] = decoded.pixels, decoded.width, decoded.height
+        sha[i] = hashlib.sha256(data).hexdigest()
+
     with cf.ThreadPoolExecutor(threads) as pool:
         futures = {pool.submit(_fetch_row, uris[i], inline[i], settings, rows[i]): i for i in pending}
         for future in cf.as_completed(futures):
@@ -229,13 +273,9 @@ def decode_rows(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
                 attempts[i] += exc.attempts
                 continue
             attempts[i] += tries
-            try:
-                decoded = decode(data, settings.prep, settings.limits)
-            except EmbeddingError as exc:
-                failed["decode"][i] = (exc.code, exc.message)
-                continue
-            pixels[i], width[i], height[i] = decoded.pixels, decoded.width, decoded.height
-            sha[i] = hashlib.sha256(data).hexdigest()
+            keep(i, data, alone=False)
+    for i in list(exhausted):
+        keep(i, exhausted.pop(i), alone=True)
     for stage, errors in failed.items():
         batch = fail_rows(batch, errors, stage)
     if "image" in batch.column_names:

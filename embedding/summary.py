@@ -16,6 +16,7 @@ from fsspec.core import url_to_fs
 from embedding.commit import Totals
 from embedding.config import Config
 from embedding.plan import PlanCounts
+from embedding.redact import strip_userinfo
 from embedding.storage import write_atomic
 
 
@@ -79,7 +80,7 @@ def build_summary(
         "model_version": cfg.model.version,
         "kind": kind,
         "mode": cfg.run.mode,
-        "output_root": cfg.output.root,
+        "output_root": strip_userinfo(cfg.output.root),
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
         "wall_s": round(wall, 3),
         "rows": {
