@@ -67,7 +67,10 @@ def test_the_index_holds_exactly_the_embedded_ids_of_the_current_manifest(
         ids += ["flaky0", "flaky1", "flaky2", "late"]
         uris += [f"{server.url}/flaky/good{i}.jpg" for i in range(3)] + [str(tmp_path / "late.jpg")]
         a = write(folder / "a.parquet", ids, uris)
-        cfg = make_config(str(folder), input={"unit_rows": 8}, index={"enabled": True, "shards": 2})
+        opened = {"allowed_networks": ["127.0.0.1/32"]}  # the test's own server
+        cfg = make_config(
+            str(folder), input={"unit_rows": 8}, index={"enabled": True, "shards": 2}, fetch=opened
+        )
         root = Path(cfg.output.root)
 
         run(cfg)  # the server fails (503): 3 FetchFailed rows; late.jpg does not exist yet: NotFound
@@ -84,7 +87,11 @@ def test_the_index_holds_exactly_the_embedded_ids_of_the_current_manifest(
         (tmp_path / "late.jpg").write_bytes(f.sample_file(4))  # a permanent error: only --retry-errors
         assert run(cfg)["rows"]["retried"] == 0
         again = make_config(
-            str(folder), input={"unit_rows": 8}, index={"enabled": True}, run={"retry_errors": True}
+            str(folder),
+            input={"unit_rows": 8},
+            index={"enabled": True},
+            run={"retry_errors": True},
+            fetch=opened,
         )
         run(again)
         embedded, errors, indexed, build = outcome(root)
@@ -106,7 +113,11 @@ def test_the_index_holds_exactly_the_embedded_ids_of_the_current_manifest(
         assert indexed == embedded == (set(ids) - {ids[2]}) | set(b_ids)
 
         overwrite = make_config(
-            str(folder), input={"unit_rows": 8}, index={"enabled": True}, run={"mode": "overwrite"}
+            str(folder),
+            input={"unit_rows": 8},
+            index={"enabled": True},
+            run={"mode": "overwrite"},
+            fetch=opened,
         )
         run(overwrite)
         embedded, errors, indexed, rebuilt = outcome(root)

@@ -11,13 +11,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class ImageServer:
-    """Serves `files` under /img/<name>; /missing is a 404, /forbidden a 403, /stall sends headers and
-    then nothing, /hang never answers, /slow sends one byte a second, /big streams `big_bytes` bytes,
-    /flaky/<name> fails with 503 while `flaky` is set, /redirect?to=URL answers 302 to URL, /loop
-    redirects to itself, and /auth/<name> serves a file only with the Authorization header `auth`.
-    Binds `host` (127.0.0.1 unless told) only, HTTPS with `tls`; `stop()` releases every stalled handler.
-    `connections` counts the TCP connections accepted, `requests` the paths asked for, `headers` their
-    headers."""
+    """Serves `files` under /img/<name> (with HEAD and byte ranges) and lists them at /list/; /missing is a
+    404, /forbidden a 403, /stall sends headers and then nothing, /hang never answers, /slow sends one byte a
+    second, /big streams `big_bytes` bytes, /flaky/<name> fails with 503 while `flaky` is set,
+    /redirect?to=URL answers 302 to URL, /loop redirects to itself, and /auth/<name> serves a file only with
+    the Authorization header `auth`. Binds `host` (127.0.0.1 unless told) only, HTTPS with `tls`; `stop()`
+    releases every stalled handler. `connections` counts the TCP connections accepted, `requests` the paths
+    asked for, `headers` their headers."""
 
     def __init__(
         self,
@@ -52,6 +52,9 @@ class ImageServer:
                 path = unquote(urlsplit(self.path).path)
                 if path.startswith("/img/") and path[5:] in server.files:
                     self._send(server.files[path[5:]])
+                elif path == "/list/":  # a folder listing, as fsspec's HTTP filesystem reads one
+                    links = "".join(f'<a href="/img/{name}">{name}</a>\n' for name in sorted(server.files))
+                    self._send(f"<html><body>{links}</body></html>".encode(), "text/html")
                 elif path.startswith("/auth/") and path[6:] in server.files:
                     if server.auth is not None and self.headers.get("Authorization") == server.auth:
                         self._send(server.files[path[6:]])
@@ -88,9 +91,27 @@ class ImageServer:
                 else:
                     self.send_error(404, "no such image")
 
-            def _send(self, data: bytes) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
+            def do_HEAD(self) -> None:
+                path = unquote(urlsplit(self.path).path)
+                if path.startswith("/img/") and path[5:] in server.files:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(server.files[path[5:]])))
+                    self.send_header("Accept-Ranges", "bytes")
+                    self.end_headers()
+                else:
+                    self.send_error(404, "no such file")
+
+            def _send(self, data: bytes, kind: str = "application/octet-stream") -> None:
+                ranged = self.headers.get("Range", "")
+                if ranged.startswith("bytes="):  # random access, as Parquet readers use it
+                    first, _, last = ranged[6:].partition("-")
+                    start, stop = int(first or 0), min(int(last) + 1 if last else len(data), len(data))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
+                    data = data[start:stop]
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
