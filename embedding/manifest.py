@@ -74,15 +74,13 @@ def _content_version(fs: fsspec.AbstractFileSystem, info: dict) -> str:
         return "sha256:" + sha256_stream(f.read)
 
 
-def _matches(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    if any(c in path for c in "*?[") and protocol_of(fs) not in ("http", "https"):
+def _matches(fs: fsspec.AbstractFileSystem, path: str, pattern: str) -> list[str]:
+    if any(c in path for c in "*?["):
         return sorted(fs.glob(path))
     if protocol_of(fs) in ("http", "https"):
-        # fsspec's HTTP filesystem lists the links of an index page; a file URL lists as itself.
-        if any(c in path for c in "*?["):
-            return sorted(fs.glob(path))
-        if path.endswith("/"):
-            return sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+        # fsspec's HTTP filesystem lists the links of an index page (a URL ending in "/"); a file is itself.
+        if pattern.endswith("/"):
+            return sorted({p for p in fs.ls(pattern, detail=False) if p.endswith(".parquet")})
         return [path]
     if fs.isdir(path):
         return sorted(p for p in fs.find(path) if p.endswith(".parquet"))
@@ -97,7 +95,7 @@ def find_files(patterns: list[str], storage_options: dict[str, dict]) -> list[Ma
     for pattern in patterns:
         fs, path = filesystem(pattern, options_for(pattern, storage_options))
         try:
-            infos = [fs.info(p) for p in _matches(fs, path)]
+            infos = [fs.info(p) for p in _matches(fs, path, pattern)]
         except FileNotFoundError:
             infos = []
         except Exception as exc:  # credentials, network: say which manifest could not be listed

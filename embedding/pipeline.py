@@ -64,41 +64,67 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def isolated(batch: Any, stage: Any, **kwargs: Any) -> Any:
+    """A stage of the isolating round: the same work under one name (process titles show it)."""
+    return stage(batch, **kwargs)
+
+
 def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: StageSettings, isolate: bool):
     """The Ray Data plan for some read tasks; `isolate` sends one row at a time (the second round)."""
     import ray.data
 
     inference, prep = cfg.inference, cfg.preprocess
     cpus = _cluster_cpus()
-    ds = ray.data.from_items([{"task": t.to_json()} for t in tasks], override_num_blocks=max(1, len(tasks)))
-    # Reading is light I/O: no CPU reserved (a read task streams its units for as long as decoding takes
-    # them), a bounded number at once; and a resource shape unlike decoding's, so Ray Data keeps the two
-    # stages apart instead of decoding inside the read task.
-    ds = ds.map_batches(
-        read_units,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={"settings": settings.read, "buckets": buckets},
-        num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(tasks), cpus))),
-    )
     if settings.kind == "image":
         prepare, kwargs, stage = decode_images, {"settings": settings.decode}, ImageEncodeStage
     else:
         prepare, kwargs, stage = check_texts, {"limits": settings.text_limits}, TextEncodeStage
-    # The isolating round reserves no CPU for its one-row tasks (an encoder restarted after a crash can
-    # outlive the first round holding a CPU) but runs at most one per CPU of the cluster.
-    concurrency = cpus if isolate else prep.concurrency
-    ds = ds.map_batches(
-        prepare,
-        batch_size=None,
-        batch_format="pyarrow",
-        compute=ray.data.TaskPoolStrategy(size=concurrency) if concurrency else None,
-        fn_kwargs=kwargs,
-        num_cpus=0 if isolate else prep.num_cpus,
-    )
     if inference.stage_class:
         stage = load_stage_class(inference.stage_class)
+    ds = ray.data.from_items([{"task": t.to_json()} for t in tasks], override_num_blocks=max(1, len(tasks)))
+    read_kwargs = {"settings": settings.read, "buckets": buckets}
+    if isolate:
+        # A few rows, one at a time, each possibly a poison row. They reserve no CPU (an encoder restarted
+        # after a crash can outlive the first round holding one), so the number of worker processes is held
+        # by the stages' concurrency instead: reading and decoding fused into one stage of at most CPUs - 1
+        # tasks, and one writer, so the round never runs more worker processes than the cluster has CPUs.
+        row_tasks = ray.data.TaskPoolStrategy(size=max(1, cpus - 1))
+        ds = ds.map_batches(
+            isolated,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs={"stage": read_units, **read_kwargs},
+            num_cpus=0,
+            compute=row_tasks,
+        )
+        ds = ds.map_batches(
+            isolated,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs={"stage": prepare, **kwargs},
+            num_cpus=0,
+            compute=row_tasks,
+        )
+    else:
+        # Reading is light I/O: no CPU reserved (a read task streams its units for as long as decoding
+        # takes them), a bounded number at once; and a resource shape unlike decoding's, so Ray Data keeps
+        # the two stages apart instead of decoding inside the read task.
+        ds = ds.map_batches(
+            read_units,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs=read_kwargs,
+            num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=max(1, min(len(tasks), cpus))),
+        )
+        ds = ds.map_batches(
+            prepare,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs=kwargs,
+            num_cpus=prep.num_cpus,
+            compute=ray.data.TaskPoolStrategy(size=prep.concurrency) if prep.concurrency else None,
+        )
     with warnings.catch_warnings():
         # max_restarts/max_task_retries can only be passed as remote args, which Ray 2.5x marks deprecated.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -129,13 +155,16 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
         )
     # Writing reserves no CPU (Parquet encoding of a unit takes milliseconds) but runs a bounded number at
     # once, so it never waits behind decode tasks for a CPU while the encoder's output piles up.
+    write_kwargs = (
+        {"stage": write_units, "settings": settings.write} if isolate else {"settings": settings.write}
+    )
     return ds.map_batches(
-        write_units,
+        isolated if isolate else write_units,
         batch_size=None,
         batch_format="pyarrow",
-        fn_kwargs={"settings": settings.write},
+        fn_kwargs=write_kwargs,
         num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=max(2, cpus)),
+        compute=ray.data.TaskPoolStrategy(size=1 if isolate else max(2, cpus)),
     )
 
 

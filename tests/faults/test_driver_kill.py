@@ -87,3 +87,58 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
     vectors, errors = outputs(root)
     assert len(vectors) + len(errors) == total
     assert_same_outputs(root, tmp_path / "ref")
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
+    tmp_path: Path, sample_dir: Path, make_config, backend: str
+) -> None:
+    """Deterministic kills (fault points, not timers): each rerun ends equal to an uninterrupted run."""
+    from embedding.job import run
+    from tests.support.s3_server import S3Server
+
+    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 48)
+    table = table.set_column(
+        1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
+    )
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(table, manifest)
+    reference = make_config(str(manifest), input={"unit_rows": 16})
+    run(reference)
+    server = S3Server().start() if backend == "s3" else None
+    try:
+        if server is not None:
+            server.create_bucket("faults")
+            root, options = "s3://faults/out", server.storage_options
+        else:
+            root, options = str(tmp_path / "killed"), {}
+        sections = {"output": {"storage_options": options}, "input": {"unit_rows": 16}}
+        config = write_config(tmp_path / "run.yaml", str(manifest), root, **sections)
+        for step, faults in (("marker", "commit.marker:2"), ("moves", "commit.after_move:1")):
+            process = start_run(config, tmp_path / f"{step}.log", faults)
+            try:
+                assert process.wait(timeout=600) == -9, (tmp_path / f"{step}.log").read_text()[-3000:]
+            finally:
+                kill_group(process)
+        resumed = make_config(
+            str(manifest), input={"unit_rows": 16}, output={"root": root, "storage_options": options}
+        )
+        summary = run(resumed)
+        assert summary["rows"]["skipped_done"] > 0  # the killed runs' committed units were kept
+        assert_same_outputs(root, Path(reference.output.root), options)
+        process = start_run(config, tmp_path / "swap.log", "swap.after_move:2", "--mode", "overwrite")
+        try:
+            assert process.wait(timeout=600) == -9, (tmp_path / "swap.log").read_text()[-3000:]
+        finally:
+            kill_group(process)
+        overwrite = make_config(
+            str(manifest),
+            input={"unit_rows": 16},
+            output={"root": root, "storage_options": options},
+            run={"mode": "overwrite"},
+        )
+        run(overwrite)
+        assert_same_outputs(root, Path(reference.output.root), options)
+    finally:
+        if server is not None:
+            server.stop()

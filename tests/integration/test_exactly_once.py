@@ -176,21 +176,23 @@ def test_a_redefined_version_and_a_wrong_width_are_refused_at_start(
 
 
 def test_a_second_run_stops_at_once_and_a_dead_runs_lease_is_taken_over(
-    tmp_path: Path, sample_dir: Path, make_config
+    tmp_path: Path, sample_dir: Path, make_config, monkeypatch
 ) -> None:
     ids, uris = sample_rows(sample_dir, 0, 48)
     manifest = write(tmp_path / "m.parquet", ids, uris)
     root = tmp_path / "out"
-    slow = {"stage_class": "tests.support.stages:SlowStage", "batch_size": 8}
+    held = {"stage_class": "tests.support.stages:BlockingStage", "batch_size": 8}
     config = write_config(
-        tmp_path / "a.yaml", str(manifest), str(root), inference=slow, run={"lease_timeout_s": 3}
+        tmp_path / "a.yaml", str(manifest), str(root), inference=held, run={"lease_timeout_s": 3}
     )
+    # The first run's encoder holds its first batch until this file exists, which it never does: the run
+    # is certainly in progress, holding its lease, until the test kills it.
+    monkeypatch.setenv("EMBEDDING_TEST_RELEASE", str(tmp_path / "never"))
     first = start_run(config, tmp_path / "a.log")
+    lease = root / "_state" / "image" / "model_version=demo" / "lease"
     try:
-        lease = root / "_state" / "image" / "model_version=demo" / "lease"
-        commits = root / "_state" / "image" / "model_version=demo" / "commits"
         deadline = time.monotonic() + 240
-        while not (commits.exists() and any(commits.iterdir())) and time.monotonic() < deadline:
+        while not lease.exists() and time.monotonic() < deadline:
             assert first.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
             time.sleep(0.05)
         holder = json.loads(lease.read_text())["run_id"]
@@ -208,7 +210,7 @@ def test_a_second_run_stops_at_once_and_a_dead_runs_lease_is_taken_over(
     while time.time() - beat <= 3:
         time.sleep(0.1)
     summary = run(second)
-    embedded, errors, *_ = outcome_without_index(root)
+    embedded, errors = outcome_without_index(root)
     assert embedded == set(ids) and not errors and summary["rows"]["in"] == 48
 
 

@@ -164,13 +164,13 @@ def test_a_server_sending_one_byte_a_second_is_a_timeout() -> None:
 
 
 def test_the_pipelines_decode_loop_with_a_stuck_read_returns(stuck_reads: list[str], tmp_path: Path) -> None:
-    """The job's own decode step (its two thread pools, as it is today) over 24 rows, one of which never
+    """The job's own decode step (its fetch pool) over 24 rows, one of which never
     returns: the step returns within the bound, the stuck row is a Timeout, every other row decoded.
     The hang of the issue lived here: leaving the pools waited for the abandoned read."""
     import pyarrow as pa
 
     from embedding.images import ImageLimits, Preprocess
-    from embedding.pipeline import DecodeSettings, decode_images
+    from embedding.stages import DecodeSettings, decode_rows
     from tests import images_factory as f
 
     uris = []
@@ -193,7 +193,7 @@ def test_the_pipelines_decode_loop_with_a_stuck_read_returns(stuck_reads: list[s
     )
     s = settings(timeout=1, retries=1)
     started = time.monotonic()
-    out = decode_images(batch, DecodeSettings(s, Preprocess(size=(64, 64)), ImageLimits()))
+    out = decode_rows(batch, DecodeSettings(s, Preprocess(size=(64, 64)), ImageLimits()))
     assert time.monotonic() - started < bound(s)
     codes = out.column("error_code").to_pylist()
     assert codes[7] == ErrorCode.TIMEOUT and out.column("attempts")[7].as_py() == 2

@@ -51,6 +51,8 @@ def manifest(paths: dict[str, str] | None = None, digests: dict[str, str] | None
         "ef_search": 1,
         "metadata_columns": [],
         "sources": [],
+        "units": {},
+        "identity": {},
         "built_at": "2025-01-01T00:00:00",
         "build_seconds": 0.0,
         "build_id": "1",

@@ -212,8 +212,8 @@ def test_three_rows_that_crash_the_encoder_end_as_three_error_rows(
     done = threading.Event()
 
     def count() -> None:
-        while not done.wait(0.2):  # a sampler of the run's worker processes, not a wait of the test
-            workers = [p for p in psutil.process_iter(["cmdline"]) if _is_task_worker(p)]
+        while not done.wait(0.1):  # a sampler of the isolating round's worker processes, not a wait
+            workers = [p for p in psutil.process_iter(["cmdline"]) if _isolating(p)]
             peak["workers"] = max(peak["workers"], len(workers))
 
     sampler = threading.Thread(target=count, daemon=True)
@@ -237,13 +237,15 @@ def test_three_rows_that_crash_the_encoder_end_as_three_error_rows(
     assert crashed == {"poison-3", "poison-11", "poison-19"} and len(embedded) == 21
     assert summary["rows"]["failed_by_code"] == {"WorkerCrashed": 3}
     cpus = int(ray.cluster_resources()["CPU"])
-    assert peak["workers"] <= cpus, f"{peak['workers']} task workers ran at once on {cpus} CPUs"
+    assert summary["rounds"]["isolated"] > 3 and 0 < peak["workers"] <= cpus, (
+        f"{peak['workers']} worker processes of the isolating round ran at once on {cpus} CPUs"
+    )
 
 
-def _is_task_worker(process) -> bool:
-    """A Ray worker process running tasks (not an actor, not idle): what a run would spawn per row."""
+def _isolating(process) -> bool:
+    """A Ray worker process running a task of the isolating round (its stages are named `isolated`)."""
     try:
         line = " ".join(process.info["cmdline"] or ())
     except (KeyError, TypeError):
         return False
-    return line.startswith("ray::") and "MapWorker" not in line and "Actor" not in line and "IDLE" not in line
+    return line.startswith("ray::") and "isolated" in line

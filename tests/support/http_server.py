@@ -11,13 +11,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class ImageServer:
-    """Serves `files` under /img/<name> (with HEAD and byte ranges) and lists them at /list/; /missing is a
-    404, /forbidden a 403, /stall sends headers and then nothing, /hang never answers, /slow sends one byte a
-    second, /big streams `big_bytes` bytes, /flaky/<name> fails with 503 while `flaky` is set,
-    /redirect?to=URL answers 302 to URL, /loop redirects to itself, and /auth/<name> serves a file only with
-    the Authorization header `auth`. Binds `host` (127.0.0.1 unless told) only, HTTPS with `tls`; `stop()`
-    releases every stalled handler. `connections` counts the TCP connections accepted, `requests` the paths
-    asked for, `headers` their headers."""
+    """Serves `files` under /img/<name> and /list/<name> (with HEAD and byte ranges), and lists them at
+    /list/; /missing is a 404, /forbidden a 403, /stall sends headers and then nothing, /hang never answers,
+    /slow sends one byte a second, /big streams `big_bytes` bytes, /flaky/<name> fails with 503 while
+    `flaky` is set, /redirect?to=URL answers 302 to URL, /loop redirects to itself, and /auth/<name> serves
+    a file only with the Authorization header `auth`. Binds `host` (127.0.0.1 unless told) only, HTTPS with
+    `tls`; `stop()` releases every stalled handler. `connections` counts the TCP connections accepted,
+    `requests` the paths asked for, `headers` their headers."""
 
     def __init__(
         self,
@@ -52,8 +52,10 @@ class ImageServer:
                 path = unquote(urlsplit(self.path).path)
                 if path.startswith("/img/") and path[5:] in server.files:
                     self._send(server.files[path[5:]])
-                elif path == "/list/":  # a folder listing, as fsspec's HTTP filesystem reads one
-                    links = "".join(f'<a href="/img/{name}">{name}</a>\n' for name in sorted(server.files))
+                elif path.startswith("/list/") and path[6:] in server.files:
+                    self._send(server.files[path[6:]])
+                elif path in ("/list", "/list/"):  # a folder listing, as fsspec's HTTP filesystem reads one
+                    links = "".join(f'<a href="/list/{name}">{name}</a>\n' for name in sorted(server.files))
                     self._send(f"<html><body>{links}</body></html>".encode(), "text/html")
                 elif path.startswith("/auth/") and path[6:] in server.files:
                     if server.auth is not None and self.headers.get("Authorization") == server.auth:
@@ -93,9 +95,10 @@ class ImageServer:
 
             def do_HEAD(self) -> None:
                 path = unquote(urlsplit(self.path).path)
-                if path.startswith("/img/") and path[5:] in server.files:
+                name = path[5:] if path.startswith("/img/") else path[6:] if path.startswith("/list/") else ""
+                if name in server.files:
                     self.send_response(200)
-                    self.send_header("Content-Length", str(len(server.files[path[5:]])))
+                    self.send_header("Content-Length", str(len(server.files[name])))
                     self.send_header("Accept-Ranges", "bytes")
                     self.end_headers()
                 else:

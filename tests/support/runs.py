@@ -38,13 +38,17 @@ def job_env() -> dict[str, str]:
     return env
 
 
-def start_run(config: Path, log: Path) -> subprocess.Popen:
-    """`embedding run CONFIG` in its own process group (so its local Ray can be cleaned up with it)."""
+def start_run(config: Path, log: Path, faults: str = "", *args: str) -> subprocess.Popen:
+    """`embedding run CONFIG` in its own process group (so its local Ray can be cleaned up with it);
+    `faults` arms fault points (embedding.faults), e.g. "commit.marker:2"."""
+    env = job_env()
+    if faults:
+        env["EMBEDDING_FAULTS"] = faults
     return subprocess.Popen(
-        [sys.executable, "-m", "embedding.cli", "run", str(config)],
+        [sys.executable, "-m", "embedding.cli", "run", str(config), *args],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        env=job_env(),
+        env=env,
         cwd=REPO,
         start_new_session=True,
     )
@@ -74,10 +78,15 @@ def kill_processes_mentioning(text: str) -> None:
             continue
 
 
-def outputs(root: Path, version: str = "demo") -> tuple[dict[str, np.ndarray], dict[tuple[str, int], str]]:
+def outputs(
+    root: Path | str, version: str = "demo", storage_options: dict | None = None
+) -> tuple[dict[str, np.ndarray], dict[tuple[str, int], str]]:
     """(image_id -> vector, (source_file, row_index) -> error code) of a finished output root."""
-    emb = pq.read_table(root / "embeddings" / f"model_version={version}").to_pandas()
-    err = pq.read_table(root / "errors" / f"model_version={version}").to_pandas()
+    from fsspec.core import url_to_fs
+
+    fs, base = url_to_fs(str(root), **(storage_options or {}))
+    emb = pq.read_table(f"{base}/embeddings/model_version={version}", filesystem=fs).to_pandas()
+    err = pq.read_table(f"{base}/errors/model_version={version}", filesystem=fs).to_pandas()
     assert emb["image_id"].is_unique, "an id was embedded twice"
     assert not err.duplicated(["source_file", "row_index"]).any(), "a row failed twice"
     vectors = dict(zip(emb["image_id"], (np.asarray(v, np.float32) for v in emb["embedding"]), strict=True))
@@ -85,9 +94,9 @@ def outputs(root: Path, version: str = "demo") -> tuple[dict[str, np.ndarray], d
     return vectors, errors
 
 
-def assert_same_outputs(a: Path, b: Path) -> None:
+def assert_same_outputs(a: Path | str, b: Path | str, options_a: dict | None = None) -> None:
     """DESIGN.md's "equal": the same ids in each table, the same codes, cosine >= 0.9999 per id."""
-    vectors_a, errors_a = outputs(a)
+    vectors_a, errors_a = outputs(a, storage_options=options_a)
     vectors_b, errors_b = outputs(b)
     assert set(vectors_a) == set(vectors_b)
     assert errors_a == errors_b

@@ -45,3 +45,16 @@ class SlowStage(ImageEncodeStage):
 
         time.sleep(0.2)
         return super().process(batch)
+
+
+class BlockingStage(ImageEncodeStage):
+    """Holds its first batch until the file named by EMBEDDING_TEST_RELEASE exists (a planted hook: a test
+    acts while a run is certainly in progress, without racing a timer)."""
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        import time
+
+        release = os.environ["EMBEDDING_TEST_RELEASE"]
+        while not os.path.exists(release):
+            time.sleep(0.05)
+        return super().process(batch)

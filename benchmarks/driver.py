@@ -1,0 +1,188 @@
+"""Is the driver the limit of one job? Committed rows/s and the driver's own CPU per row, before and after.
+
+    python -m benchmarks.driver [--rows 10000 50000] [--before-repo /path/to/older/checkout]
+
+Each run is a fresh `embedding run` process over a manifest of tiny inline JPEGs (32 x 32 px), with the
+stand-in encoder of benchmarks/standin.py (unit vectors at once) and the index off, so the model costs
+nothing and what is left is reading, decoding, writing and the driver. The driver's CPU is its own process's
+user + system time (psutil; its children, Ray's processes, not counted). The marginal CPU per row is the
+difference between the two run sizes divided by the difference in rows, which removes start-up costs.
+
+Runs on local Ray (`ray.num_cpus: 2`) and on a simulated 3-node cluster (`ray.cluster_utils.Cluster`: a head
+for the driver and two worker nodes), then on the cluster with one and with two worker nodes, to show whether
+rows/s follows the workers. "Before" is an older checkout of the project (`--before-repo`, default: a git
+worktree of the commit before the driver handled units only), run with the same stand-in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BEFORE_COMMIT = "995a3f6"
+
+
+def tiny_jpegs(count: int) -> list[bytes]:
+    out = []
+    for i in range(16):  # 16 distinct images, repeated: decoding cost is what matters, not variety
+        image = Image.new("RGB", (32, 32), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=80)
+        out.append(buffer.getvalue())
+    return [out[i % 16] for i in range(count)]
+
+
+def manifest(folder: Path, rows: int) -> Path:
+    path = folder / f"tiny-{rows}.parquet"
+    if not path.exists():
+        images = tiny_jpegs(rows)
+        table = pa.table(
+            {"image_id": [f"t{i:08d}" for i in range(rows)], "image": pa.array(images, pa.binary())}
+        )
+        pq.write_table(table, path, row_group_size=10_000)
+    return path
+
+
+def config(folder: Path, source: Path, address: str | None) -> Path:
+    tree = {
+        "input": {"manifest": str(source), "unit_rows": 256},
+        "output": {"root": str(folder / "out")},
+        "model": {"version": "demo"},
+        "ray": {"address": address} if address else {"num_cpus": 2},
+        "inference": {"device": "cpu", "batch_size": 256, "stage_class": "standin:InstantStage"},
+        "index": {"enabled": False},
+    }
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def one_run(repo: Path, source: Path, address: str | None) -> dict:
+    """A fresh `embedding run`; returns its wall time, the driver's CPU seconds and the summary."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        folder = Path(tmp)
+        path = config(folder, source, address)
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": f"{repo}:{REPO / 'benchmarks'}"}
+        env.pop("RAY_ADDRESS", None)
+        started = time.perf_counter()
+        process = psutil.Popen(
+            [sys.executable, "-m", "embedding.cli", "run", str(path)],
+            cwd=repo,
+            env=env,
+            stdout=(folder / "log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        cpu = 0.0
+        while process.poll() is None:
+            try:
+                times = process.cpu_times()
+                cpu = times.user + times.system  # read until the end: the last reading is the total
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            raise RuntimeError((folder / "log").read_text()[-3000:])
+        summary = json.loads(next((folder / "out" / "runs").glob("*/summary.json")).read_text())
+        return {"wall_s": wall, "driver_cpu_s": cpu, "summary": summary}
+
+
+def measure(repo: Path, sources: dict[int, Path], address: str | None) -> dict:
+    runs = {rows: one_run(repo, source, address) for rows, source in sources.items()}
+    (small, a), (large, b) = sorted(runs.items())
+    pipeline = {rows: r["summary"]["stages"]["encode"]["wall_s"] or r["wall_s"] for rows, r in runs.items()}
+    return {
+        "runs": {
+            rows: {
+                "wall_s": round(r["wall_s"], 1),
+                "driver_cpu_s": round(r["driver_cpu_s"], 2),
+                "rows_per_s_whole": round(rows / r["wall_s"], 1),
+                "rows_per_s_pipeline": round(rows / pipeline[rows], 1),
+                "embedded": r["summary"]["rows"]["embedded"],
+            }
+            for rows, r in runs.items()
+        },
+        "marginal_driver_ms_per_row": round(
+            (b["driver_cpu_s"] - a["driver_cpu_s"]) / (large - small) * 1000, 4
+        ),
+    }
+
+
+def cluster(workers: int):
+    from ray.cluster_utils import Cluster
+
+    simulated = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head: the driver only
+    for _ in range(workers):
+        simulated.add_node(num_cpus=1)
+    simulated.wait_for_nodes()
+    return simulated
+
+
+def before_repo(path: str | None) -> Path:
+    if path:
+        return Path(path)
+    target = Path("/tmp/embedding-before")
+    if not target.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(target), BEFORE_COMMIT], cwd=REPO, check=True
+        )
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, nargs=2, default=[10_000, 50_000])
+    parser.add_argument("--before-repo")
+    parser.add_argument("--skip-before", action="store_true")
+    args = parser.parse_args()
+    folder = Path("/tmp/bench-driver")
+    folder.mkdir(exist_ok=True)
+    sources = {rows: manifest(folder, rows) for rows in args.rows}
+    versions = (
+        {"after": REPO} if args.skip_before else {"before": before_repo(args.before_repo), "after": REPO}
+    )
+    results: dict = {}
+    for name, repo in versions.items():
+        results[f"{name} local"] = measure(repo, sources, None)
+        print(name, "local", json.dumps(results[f"{name} local"]), flush=True)
+        simulated = cluster(2)
+        try:
+            results[f"{name} 3-node"] = measure(repo, sources, simulated.address)
+            print(name, "3-node", json.dumps(results[f"{name} 3-node"]), flush=True)
+        finally:
+            simulated.shutdown()
+    largest = {max(args.rows): sources[max(args.rows)]}
+    for workers in (1, 2):
+        simulated = cluster(workers)
+        try:
+            results[f"after, {workers} worker node(s)"] = measure(REPO, largest | {}, simulated.address)[
+                "runs"
+            ]
+        finally:
+            simulated.shutdown()
+        print(
+            f"after, {workers} worker node(s)",
+            json.dumps(results[f"after, {workers} worker node(s)"]),
+            flush=True,
+        )
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
