@@ -41,8 +41,14 @@ def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def filesystem(url: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path without protocol) of a URL or local path."""
-    return url_to_fs(url, **storage_options)
+    """(filesystem, path without protocol) of a URL or local path.
+
+    fsspec shares one instance per set of options in a process, with its listings cached; a worker that
+    lives through several runs would otherwise read a re-committed object by a stale ETag.
+    """
+    fs, path = url_to_fs(url, **storage_options)
+    fs.invalidate_cache()
+    return fs, path
 
 
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes | str, fault: str = "") -> None:

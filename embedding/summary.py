@@ -11,13 +11,11 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fsspec.core import url_to_fs
-
 from embedding.commit import Totals
 from embedding.config import Config
 from embedding.plan import PlanCounts
 from embedding.redact import strip_userinfo
-from embedding.storage import write_atomic
+from embedding.storage import filesystem, write_atomic
 
 
 def new_run_id() -> str:
@@ -35,7 +33,7 @@ def package_versions() -> dict[str, str]:
 
 
 def _write(cfg: Config, run_id: str, name: str, text: str) -> str:
-    fs, base = url_to_fs(cfg.output.root, **cfg.output.storage_options)
+    fs, base = filesystem(cfg.output.root, cfg.output.storage_options)
     path = posixpath.join(base, "runs", run_id, name)
     write_atomic(fs, path, text)
     return path

@@ -19,7 +19,6 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from embedding.cluster import connect_ray
 from embedding.config import Config, IndexConfig
@@ -37,6 +36,7 @@ from embedding.index.store import (
 from embedding.lease import Lease
 from embedding.models import get_version
 from embedding.outputs import Partition
+from embedding.storage import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def fill_shard(
 ) -> ShardFiles:
     """Add one shard's vectors to a copy of the trained index and write its three files."""
     faiss.omp_set_num_threads(threads)
-    fs, _ = url_to_fs(root, **storage_options)
+    fs, _ = filesystem(root, storage_options)
     table = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in files], promote_options="default")
     vectors = read_vectors(table)
     index = faiss.deserialize_index(trained)
@@ -114,7 +114,7 @@ def fill_shard(
         role: f"shard-{number:03d}.{ext}"
         for role, ext in (("index", "faiss"), ("vectors", "vectors.npy"), ("meta", "meta.parquet"))
     }
-    out_fs, out_base = url_to_fs(index_folder, **storage_options)
+    out_fs, out_base = filesystem(index_folder, storage_options)
     with tempfile.TemporaryDirectory() as tmp:
         local = {role: os.path.join(tmp, name) for role, name in names.items()}
         faiss.write_index(index, local["index"])
@@ -222,7 +222,7 @@ def _build(cfg: Config, partition: Partition, force: bool) -> IndexManifest:
 
 
 def _remove_old_builds(folder: str, keep: str, storage_options: dict) -> None:
-    fs, base = url_to_fs(folder, **storage_options)
+    fs, base = filesystem(folder, storage_options)
     for path in fs.ls(base, detail=False):
         name = posixpath.basename(path.rstrip("/"))
         if name.startswith("build-") and name != keep:

@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from fsspec.core import url_to_fs
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from embedding.errors import ConfigError
-from embedding.storage import write_atomic
+from embedding.storage import filesystem, write_atomic
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 2
@@ -126,12 +125,12 @@ def sha256_file(path: str, fs: fsspec.AbstractFileSystem | None = None) -> str:
 
 def write_manifest(folder: str, manifest: IndexManifest, storage_options: dict) -> None:
     """Write index.json in one piece (rename on local disks, a single PUT on object stores)."""
-    fs, base = url_to_fs(folder, **storage_options)
+    fs, base = filesystem(folder, storage_options)
     write_atomic(fs, posixpath.join(base, INDEX_FILE), manifest.model_dump_json(indent=1))
 
 
 def read_manifest(folder: str, storage_options: dict) -> IndexManifest:
-    fs, base = url_to_fs(folder, **storage_options)
+    fs, base = filesystem(folder, storage_options)
     path = posixpath.join(base, INDEX_FILE)
     if not fs.exists(path):
         raise ConfigError(
@@ -217,7 +216,7 @@ def local_folder(folder: str, manifest: IndexManifest, storage_options: dict) ->
     Cached files are verified by SHA-256 when downloaded; a marker beside each remembers the digest, so a
     later load reuses the file without hashing it again (the cache folder is the user's own, mode 0700).
     """
-    fs, base = url_to_fs(folder, **storage_options)
+    fs, base = filesystem(folder, storage_options)
     if _is_local(fs):
         return base
     cache = cache_root() / hashlib.sha256(folder.encode()).hexdigest()[:32]

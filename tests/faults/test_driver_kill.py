@@ -11,7 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support.runs import assert_same_outputs, kill_group, outputs, start_run, write_config
+from tests.support.runs import (
+    assert_same_outputs,
+    kill_group,
+    outputs,
+    start_run,
+    wait_for_free_lease,
+    write_config,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -69,18 +76,21 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
     # Each run is killed at the next point; the run after it starts from what the killed one left.
     uncommitted_before = total
     for name, condition in kill_points.items():
+        wait_for_free_lease(root)
         before = set(commits(root))
         process = start_run(config, tmp_path / f"{name}.log")
         reached = wait_until(condition, process)
         process.kill()  # SIGKILL of the driver alone
         process.wait()
         kill_group(process)  # then the local Ray it started
-        assert reached, f"the run ended before the kill point '{name}'"
+        log = (tmp_path / f"{name}.log").read_text()[-3000:]
+        assert reached, f"the run ended before the kill point '{name}': {log}"
         done = commits(root)
         redone = sum(m["stop"] - m["start"] for u, m in done.items() if u not in before)
         assert not before - set(done), "a committed unit disappeared"
         assert redone <= uncommitted_before, f"the run killed at '{name}' redid {redone} rows"
         uncommitted_before = total - sum(m["stop"] - m["start"] for m in done.values())
+    wait_for_free_lease(root)
     summary = run_to_end(config, tmp_path / "final.log")
     assert summary["rows"]["new"] + summary["rows"]["retried"] <= uncommitted_before
     assert summary["rows"]["skipped_done"] == total - uncommitted_before
@@ -115,11 +125,13 @@ def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
         sections = {"output": {"storage_options": options}, "input": {"unit_rows": 16}}
         config = write_config(tmp_path / "run.yaml", str(manifest), root, **sections)
         for step, faults in (("marker", "commit.marker:2"), ("moves", "commit.after_move:1")):
+            wait_for_free_lease(root, options)
             process = start_run(config, tmp_path / f"{step}.log", faults)
             try:
                 assert process.wait(timeout=600) == -9, (tmp_path / f"{step}.log").read_text()[-3000:]
             finally:
                 kill_group(process)
+        wait_for_free_lease(root, options)
         resumed = make_config(
             str(manifest), input={"unit_rows": 16}, output={"root": root, "storage_options": options}
         )
@@ -131,6 +143,7 @@ def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
             assert process.wait(timeout=600) == -9, (tmp_path / "swap.log").read_text()[-3000:]
         finally:
             kill_group(process)
+        wait_for_free_lease(root, options)
         overwrite = make_config(
             str(manifest),
             input={"unit_rows": 16},

@@ -24,6 +24,7 @@ def write_config(path: Path, manifest: str, root: str, **sections: dict) -> Path
         "ray": {"num_cpus": 2},
         "inference": {"device": "cpu", "batch_size": 8},
         "index": {"enabled": False},
+        "run": {"lease_timeout_s": 2},  # a killed run's lease is free again soon (wait_for_free_lease)
     }
     for name, values in sections.items():
         tree.setdefault(name, {}).update(values)
@@ -52,6 +53,27 @@ def start_run(config: Path, log: Path, faults: str = "", *args: str) -> subproce
         cwd=REPO,
         start_new_session=True,
     )
+
+
+def wait_for_free_lease(root: Path | str, storage_options: dict | None = None, timeout: float = 60) -> None:
+    """Wait until the lease a killed run left (if any) is older than its timeout, so a rerun may take it."""
+    import json
+    import time
+
+    from fsspec.core import url_to_fs
+
+    fs, base = url_to_fs(str(root), **(storage_options or {}))
+    path = f"{base}/_state/image/model_version=demo/lease"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            holder = json.loads(fs.cat_file(path))
+        except FileNotFoundError:
+            return
+        if time.time() - holder["heartbeat"] > holder["timeout_s"]:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the lease at {path} stayed fresh for {timeout} s")
 
 
 def kill_group(process: subprocess.Popen) -> None:
