@@ -104,9 +104,9 @@ def outputs(
     root: Path | str, version: str = "demo", storage_options: dict | None = None
 ) -> tuple[dict[str, np.ndarray], dict[tuple[str, int], str]]:
     """(image_id -> vector, (source_file, row_index) -> error code) of a finished output root."""
-    from fsspec.core import url_to_fs
+    from embedding.storage import filesystem
 
-    fs, base = url_to_fs(str(root), **(storage_options or {}))
+    fs, base = filesystem(str(root), storage_options or {})  # fresh listings: files were replaced
     emb = pq.read_table(f"{base}/embeddings/model_version={version}", filesystem=fs).to_pandas()
     err = pq.read_table(f"{base}/errors/model_version={version}", filesystem=fs).to_pandas()
     assert emb["image_id"].is_unique, "an id was embedded twice"
