@@ -96,7 +96,9 @@ def build_app(cfg: Config, key_digests: tuple[str, ...] | None = None) -> Applic
     }
     ingress = Ingress.options(
         max_ongoing_requests=INGRESS_MAX_ONGOING,
-        max_queued_requests=cfg.service.encoder.max_queued_requests,
+        # The encoder's queue is the one that fills (its 429 carries the hosted envelope); this one only
+        # guards the ingress itself, and Serve's proxy answers it with a bare 429 and Retry-After.
+        max_queued_requests=4 * INGRESS_MAX_ONGOING,
         backpressure_config={"status_code": 429, "retry_after_s": cfg.service.retry_after_s},
         ray_actor_options={"num_cpus": 0},
     )

@@ -28,7 +28,7 @@ from embedding.index.store import index_dir, local_folder, read_manifest
 
 log = logging.getLogger(__name__)
 
-FACET_VALUES = 40  # the most frequent values of a column offered as filters
+FACET_VALUES = 100  # the most frequent values of a column offered as filters
 FACET_SKIP = ("image_id", "uri", "caption")  # free text or unique per row: no use as a filter
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embedding.config import Config
-from embedding.service.wire import INVALID_ARGUMENT, invalid, model_version
+from embedding.errors import EmbeddingError
+from embedding.service.wire import INVALID_ARGUMENT, from_embedding_error, invalid, model_version
 from embedding.sources import check_size
 
 QUERY_KINDS = {"text": "text", "url": "url", "image": "image", "vector": "vector", "imageId": "image_id"}
@@ -77,7 +78,10 @@ def _query_value(kind: str, value: Any, max_image_bytes: int) -> Any:
             data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise invalid(INVALID_ARGUMENT, "'image' is not valid base64") from None
-        check_size(len(data), max_image_bytes, "the image")  # InvalidImageSize, as for a raw body
+        try:
+            check_size(len(data), max_image_bytes, "the image")  # InvalidImageSize, as for a raw body
+        except EmbeddingError as exc:
+            raise from_embedding_error(exc) from None
         return data
     if (
         not isinstance(value, list)

@@ -37,7 +37,7 @@ class Served:
     folder: Path
     tree: dict[str, Any]  # the config, as YAML would hold it
     truth: dict[str, tuple[str, str]]  # image_id -> (colour, shape)
-    uris: dict[str, str]  # image_id -> local path of the image file
+    uris: dict[str, str]  # image_id -> local path of the image file (the sample's rows)
     inline_bytes: bytes  # the inline row's image
     image_vectors: dict[str, np.ndarray]  # image_id -> the job's vector
     text_vectors: dict[str, np.ndarray]  # text -> the job's vector
@@ -103,7 +103,7 @@ def served(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local
         folder=folder,
         tree=tree,
         truth={r["image_id"]: (r["colour"], r["shape"]) for r in rows},
-        uris={r["image_id"]: r["uri"] for r in rows if r["uri"]},
+        uris={r["image_id"]: r["uri"] for r in sample},
         inline_bytes=star_bytes,
         image_vectors=_vectors(images, "image_id"),
         text_vectors=by_text,

@@ -316,7 +316,7 @@
       label.className = "filter-label";
       label.textContent = column;
       group.appendChild(label);
-      for (const { value, count } of values.slice(0, 24)) {
+      for (const { value, count } of values) {
         const chip = document.createElement("button");
         chip.type = "button";
         chip.className = "chip";
