@@ -70,7 +70,9 @@ def search_once(page, url: str, query: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/search-page.png"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-page"))
     parser.add_argument("--query", default="a red circle")
