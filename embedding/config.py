@@ -162,6 +162,10 @@ class EncoderServiceConfig(Section):
     max_queued_requests: int = Field(default=256, ge=-1)
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float | None = Field(default=None, ge=0)  # None: inference.num_gpus_per_actor, or 1 with GPUs
+    # CPU inference threads per replica; None: its num_cpus (at least 1). Not every core, as the batch job
+    # does: a replica shares its node with Serve's proxy and other replicas, and threads beyond its share
+    # of the cores spin against them.
+    torch_threads: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _replicas(self) -> EncoderServiceConfig:

@@ -10,6 +10,7 @@ same vector online and in the job. `@serve.batch` merges requests that arrive wi
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import numpy as np
@@ -31,12 +32,20 @@ def batch_options(cfg: Config) -> tuple[int, float]:
     return (svc.max_batch_size, svc.batch_wait_timeout_s) if svc.batching else (1, 0.0)
 
 
+def replica_config(cfg: Config) -> Config:
+    """The config an encoder replica loads its model with: torch threads from service.encoder."""
+    svc = cfg.service.encoder
+    threads = svc.torch_threads or max(1, math.ceil(svc.num_cpus))
+    inference = cfg.inference.model_copy(update={"torch_threads": threads})
+    return cfg.model_copy(update={"inference": inference})
+
+
 @serve.deployment
 class EncoderDeployment:
     """Texts and image bytes of one model version in, unit vectors (float32) out."""
 
     def __init__(self, cfg_json: str, version: str):
-        cfg = Config.model_validate_json(cfg_json)
+        cfg = replica_config(Config.model_validate_json(cfg_json))
         self.version = version
         self.encoder = encoder_for(cfg, version)
         self.prep = preprocess_for(self.encoder, cfg)

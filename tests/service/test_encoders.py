@@ -10,12 +10,20 @@ import pytest
 import requests
 
 from embedding.config import Config
-from embedding.service.encoders import batch_options
+from embedding.service.encoders import batch_options, replica_config
 from tests.service.conftest import Served, cosine, running
 
 pytestmark = pytest.mark.integration
 
 PARAMS = {"api-version": "2024-02-01"}
+
+
+def test_replicas_use_their_share_of_the_cores() -> None:
+    assert replica_config(Config()).inference.torch_threads == 1
+    cfg = Config.model_validate({"service": {"encoder": {"num_cpus": 3.5}}})
+    assert replica_config(cfg).inference.torch_threads == 4
+    cfg = Config.model_validate({"service": {"encoder": {"num_cpus": 0, "torch_threads": 6}}})
+    assert replica_config(cfg).inference.torch_threads == 6
 
 
 def test_batch_options() -> None:
