@@ -156,3 +156,19 @@ def running(cfg: Config, headers: dict[str, str] | None = None) -> Iterator[str]
 def cosine(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium, driven by Playwright (which never downloads a browser of its own)."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"the page tests need Debian's Chromium at {CHROMIUM}: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()

@@ -290,3 +290,24 @@ def test_a_body_just_under_the_limit_is_read(endpoint: str) -> None:
     data = b"\xff" * (MAX_BYTES - 1)  # under the limit: read whole, then refused as undecodable
     response = requests.post(urljoin(endpoint, IMAGE), params=params, data=data, headers=headers)
     assert_envelope(response, 400, "InvalidImageFormat")
+
+
+def test_the_page_asks_for_the_key_and_sends_it(endpoint: str, browser, served: Served) -> None:
+    page = browser.new_page()
+    try:
+        page.goto(endpoint)
+        page.wait_for_selector("#key-box:not([hidden])")
+        assert "API key" in page.inner_text("#error")
+        page.fill("#api-key", KEY)
+        page.click("#key-button")
+        page.wait_for_selector("body[data-ready='true']", state="attached")
+        page.fill("#q", "a red circle")
+        page.press("#q", "Enter")
+        page.wait_for_selector("#results[data-state='done'] .result", state="attached")
+        first = page.get_attribute(".result", "data-image-id")
+        assert served.truth[first] == ("red", "circle")
+        # Thumbnails need the key too: the page fetches them with it.
+        page.wait_for_function("() => document.querySelector('.result img').naturalWidth > 0")
+        assert page.eval_on_selector(".result img", "i => i.src").startswith("blob:")
+    finally:
+        page.close()

@@ -7,7 +7,6 @@ so the version picker shows and a version without index can be tried.
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -17,7 +16,6 @@ from tests.service.conftest import GONE_ID, INLINE_ID, Served, running
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
 UNINDEXED = "demo-unindexed"
 VISIBLE_THUMBNAILS_LOADED = """() => {
   const visible = [...document.querySelectorAll('.result img')].filter(i => {
@@ -36,18 +34,6 @@ def site(served: Served) -> str:
     )
     with running(cfg) as url:
         yield url + "/"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"the page tests need Debian's Chromium at {CHROMIUM}: apt-get install -y chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
