@@ -7,8 +7,15 @@ module starts its own server (module-scoped) on the shared local Ray, on 127.0.0
 
 from __future__ import annotations
 
+import io
+import os
+import queue
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
+import yaml
+from PIL import Image
 
 from embedding.config import Config
 from embedding.job import run
 from embedding.service.app import start, stop
 
+REPO = Path(__file__).resolve().parents[2]
 INLINE_ID, GONE_ID = "extra-inline", "extra-gone"
 TEXTS = {"t-en": "a red circle", "t-fr": "un cercle rouge", "t-de": "ein blauer Stern auf grauem Grund"}
 
@@ -38,7 +48,7 @@ class Served:
     tree: dict[str, Any]  # the config, as YAML would hold it
     truth: dict[str, tuple[str, str]]  # image_id -> (colour, shape)
     uris: dict[str, str]  # image_id -> local path of the image file (the sample's rows)
-    inline_bytes: bytes  # the inline row's image
+    inline_bytes: bytes  # the inline row's image (a mirrored blue star)
     image_vectors: dict[str, np.ndarray]  # image_id -> the job's vector
     text_vectors: dict[str, np.ndarray]  # text -> the job's vector
 
@@ -56,6 +66,12 @@ def _vectors(table: pa.Table, key: str) -> dict[str, np.ndarray]:
     return dict(zip(table.column(key).to_pylist(), vectors, strict=True))
 
 
+def _mirrored(data: bytes, how: Image.Transpose) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").transpose(how).save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
 @pytest.fixture(scope="session")
 def served(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local) -> Served:
     folder = tmp_path_factory.mktemp("served")
@@ -63,11 +79,12 @@ def served(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local
     for row in sample:
         row["uri"] = str(sample_dir / row["uri"])
         row["image"] = None
-    # The extra rows copy a blue star, so they rank with the blue stars.
+    # The extra rows are mirror images of a blue star: they rank with the blue stars, and no two rows of
+    # the collection have the same vector (exact ties may come in either order).
     star = next(r for r in sample if (r["colour"], r["shape"]) == ("blue", "star"))
-    star_bytes = Path(star["uri"]).read_bytes()
+    star_bytes = _mirrored(Path(star["uri"]).read_bytes(), Image.Transpose.FLIP_LEFT_RIGHT)
     gone = folder / "gone.jpg"
-    gone.write_bytes(star_bytes)
+    gone.write_bytes(_mirrored(Path(star["uri"]).read_bytes(), Image.Transpose.FLIP_TOP_BOTTOM))
     extras = [
         {**star, "image_id": INLINE_ID, "uri": None, "image": star_bytes},
         {**star, "image_id": GONE_ID, "uri": str(gone), "image": None},
@@ -151,6 +168,59 @@ def running(cfg: Config, headers: dict[str, str] | None = None) -> Iterator[str]
         yield started.url
     finally:
         stop()
+
+
+@dataclass
+class Command:
+    url: str
+    output: list[str]  # what the command printed until it was ready
+
+
+def _lines(stream, sink: queue.Queue) -> None:
+    for line in stream:
+        sink.put(line)
+
+
+@contextmanager
+def serving_command(cfg: Config, folder: Path, ray_address: str, host: str = "0.0.0.0") -> Iterator[Command]:
+    """`embedding serve CONFIG --host HOST --port PORT` as users run it, joined to the shared local Ray.
+
+    Ready when it prints its "Ctrl-C" line (after the application is up); stopped with SIGINT, as Ctrl-C
+    does, which must end it cleanly (exit status 0) and take the service down.
+    """
+    config = folder / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "disabled"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("EMBEDDING_API_KEYS", None)
+    command = [
+        sys.executable,
+        "-m",
+        "embedding.cli",
+        "serve",
+        str(config),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
+    output: list[str] = []
+    try:
+        while not any("Ctrl-C stops the service" in line for line in output):
+            output.append(lines.get(timeout=300))
+        yield Command(f"http://127.0.0.1:{port}", output)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0, "`embedding serve` did not end cleanly on SIGINT"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
 
 
 def cosine(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:

@@ -1,4 +1,5 @@
-"""The search page in a real headless Chromium (Debian's package, driven by Playwright) on the demo sample.
+"""The search page in a real headless Chromium (Debian's package, driven by Playwright) on the demo sample,
+served by the `embedding serve` command itself.
 
 Results are read from the page's data attributes (ids, ranks); every test checks at the end that no request
 left 127.0.0.1. Two versions are served: `demo`, indexed, and `demo-unindexed` (the same model, no index),
@@ -10,9 +11,10 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 from embedding.models import BUILTIN_VERSIONS
-from tests.service.conftest import GONE_ID, INLINE_ID, Served, running
+from tests.service.conftest import GONE_ID, INLINE_ID, Command, Served, serving_command
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +29,31 @@ VISIBLE_THUMBNAILS_LOADED = """() => {
 
 
 @pytest.fixture(scope="module")
-def site(served: Served) -> str:
+def command(served: Served, tmp_path_factory: pytest.TempPathFactory, ray_local):
+    """`embedding serve CONFIG --host 0.0.0.0` as a user runs it (no keys: it must keep to 127.0.0.1)."""
     cfg = served.config(
         model={"version": "demo", "versions": {UNINDEXED: BUILTIN_VERSIONS["demo"].model_dump()}},
         service={"versions": ["demo", UNINDEXED], "index_poll_s": 1, "encoder": {"num_cpus": 0.5}},
     )
-    with running(cfg) as url:
-        yield url + "/"
+    folder = tmp_path_factory.mktemp("page")
+    with serving_command(cfg, folder, ray_local.get_runtime_context().gcs_address) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def site(command: Command) -> str:
+    return command.url + "/"
+
+
+def test_the_command_says_where_it_listens(command: Command) -> None:
+    text = "".join(command.output)
+    assert "listening on 127.0.0.1 only (not 0.0.0.0)" in text
+    assert f"versions demo, {UNINDEXED} (default demo) at {command.url}" in text
+    assert "Prometheus metrics: http://" in text
+    assert requests.get(f"{command.url}/healthz", timeout=30).json()["status"] == "ok"
+    page = requests.get(command.url, timeout=30)
+    assert page.status_code == 200 and "<title>Search the collection</title>" in page.text
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
 
 
 @pytest.fixture
