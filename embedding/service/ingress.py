@@ -20,6 +20,7 @@ import logging
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
@@ -167,7 +168,8 @@ class Ingress:
         data, _ = await asyncio.to_thread(fetch, url.strip(), source_settings(self.cfg, "request"))
         return data
 
-    async def _vector(self, version: str, kind: str, value: Any) -> list[float]:
+    async def _vector(self, version: str, kind: str, value: Any) -> np.ndarray:
+        """The unit vector of a text, an image's bytes or an image URL, from the version's encoder."""
         encoder = self.encoders[version]
         if kind == "text":
             return await self._call(encoder.text.remote(validate_text(value, self.text_limits)))
