@@ -8,7 +8,8 @@ All in one run on this machine, against the real server (`embedding.service.app.
    (service.encoder defaults: up to 32 requests per model call, 10 ms wait) and off (batch size 1). For each
    mode, route and number of concurrent clients (aiohttp, closed loop: a client sends its next request when
    the last one answered), requests are sent for --seconds after a one-second warm-up; requests/s and the
-   p50/p99 latency of the answered requests are reported. The queue limit is lifted, so nothing is refused.
+   p50/p99 latency of the answered requests are reported, and per mode the requests per model call (all
+   requests answered over Serve's count of batches processed). The queue limit is lifted: nothing is refused.
 2. Search with vector queries: p50 over HTTP (POST /retrieval:search, one client, one query at a time) against
    p50 in-process (`embedding.api.rank`, the code the search deployment runs, one thread) on the same index:
    the clustered vectors of `benchmarks.index` (same generator and queries). Without --reuse the index is
@@ -35,6 +36,7 @@ import requests
 
 from embedding.config import Config
 
+FUNCTIONS = {"retrieval:vectorizeText": "_encode_texts", "retrieval:vectorizeImage": "_encode_pixels"}
 TEXTS = [
     f"{article} {colour} {shape}"
     for article, colour, shape in itertools.product(
@@ -58,7 +60,7 @@ def percentile(values: list[float], q: float) -> float:
 async def load(url: str, route: str, bodies: list[dict], clients: int, seconds: float) -> dict:
     """Closed-loop clients for `seconds` (after a 1 s warm-up): requests/s and latency percentiles."""
     latencies: list[float] = []
-    failures = 0
+    failures = answered = 0
     counter = itertools.count()
     params = {"api-version": "2024-02-01"}
     connector = aiohttp.TCPConnector(limit=clients)
@@ -67,12 +69,13 @@ async def load(url: str, route: str, bodies: list[dict], clients: int, seconds: 
         measure_from, stop_at = started + 1.0, started + 1.0 + seconds
 
         async def client() -> None:
-            nonlocal failures
+            nonlocal failures, answered
             while (now := time.perf_counter()) < stop_at:
                 body = bodies[next(counter) % len(bodies)]
                 async with session.post(f"{url}/computervision/{route}", params=params, **body) as answer:
                     await answer.read()
                     ok = answer.status == 200
+                answered += ok
                 done = time.perf_counter()
                 if measure_from <= now and done <= stop_at:
                     if ok:
@@ -87,7 +90,39 @@ async def load(url: str, route: str, bodies: list[dict], clients: int, seconds: 
         "p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "failed": failures,
+        "answered": answered,  # warm-up included: what the encoder saw
     }
+
+
+def model_calls(metrics_url: str | None, skip: set[str], timeout_s: float = 30.0) -> dict[str, float]:
+    """Model calls (batches) per batched function so far, from Serve's `serve_batches_processed` counter,
+    for replicas not in `skip` (an earlier mode's, whose last values the metrics agent may still export).
+
+    Ray exports metrics every few seconds: wait until the counts stop growing (or `timeout_s`). Adds the
+    replicas it read to `skip`.
+    """
+    if not metrics_url:
+        return {}
+    last: dict[str, float] = {}
+    replicas: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts: dict[str, float] = {}
+        for line in requests.get(metrics_url, timeout=10).text.splitlines():
+            if not line.startswith("ray_serve_batches_processed_total{"):
+                continue
+            replica = line.split('replica="')[1].split('"')[0] if 'replica="' in line else ""
+            if replica in skip:
+                continue
+            replicas.add(replica)
+            name = line.split('function_name="')[1].split('"')[0]
+            counts[name] = counts.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        if counts and counts == last:
+            break
+        last = counts
+        time.sleep(3)
+    skip |= replicas
+    return last
 
 
 def vectorize(base: Config, images: list[bytes], clients: list[int], seconds: float) -> dict:
@@ -98,6 +133,7 @@ def vectorize(base: Config, images: list[bytes], clients: list[int], seconds: fl
         "retrieval:vectorizeImage": [{"data": data} for data in images],
     }
     results: dict = {}
+    seen: set[str] = set()
     for batching in (True, False):
         tree = base.model_dump()
         tree["service"]["encoder"].update(batching=batching, max_queued_requests=-1)
@@ -109,6 +145,12 @@ def vectorize(base: Config, images: list[bytes], clients: list[int], seconds: fl
                 results.setdefault(route, {})[mode] = [
                     asyncio.run(load(started.url, route, route_bodies, c, seconds)) for c in clients
                 ]
+            calls = model_calls(started.metrics_url, seen)
+            results.setdefault("requests_per_model_call", {})[mode] = {
+                route: round(sum(p["answered"] for p in results[route][mode]) / calls[function], 2)
+                for route, function in FUNCTIONS.items()
+                if calls.get(function)
+            }
         finally:
             stop()
     return results
@@ -212,6 +254,8 @@ def main() -> None:
         result["search"] = search(base, root, queries)
     print(json.dumps(result, indent=1))
     for route, modes in result.get("vectorize", {}).items():
+        if route == "requests_per_model_call":
+            continue
         print(f"\n{route}\n| clients | batching req/s | p50 ms | p99 ms | batch 1 req/s | p50 ms | p99 ms |")
         print("|---|---|---|---|---|---|---|")
         for on, off in zip(modes["batching"], modes["batch_size_1"], strict=True):

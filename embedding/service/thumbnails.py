@@ -142,7 +142,7 @@ class Thumbnails:
 
     def _store(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # replicas share the folder
         tmp.write_bytes(data)
         os.replace(tmp, path)
         with self._lock:
