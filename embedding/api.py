@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedding.config import Config
-from embedding.encoder import Encoder
 from embedding.errors import EmbeddingError, ErrorCode
 from embedding.identity import SEARCH_FIELDS, check_same, identity_for
 from embedding.images import ImageLimits, Preprocess, decode
@@ -21,6 +20,9 @@ from embedding.index.search import Index
 from embedding.relevance import metadata_score, relevance
 from embedding.sources import SourceSettings, check_size, fetch, resolve_uri
 from embedding.text import TextLimits, validate_text
+
+if TYPE_CHECKING:
+    from embedding.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Hit:
 
 @lru_cache(maxsize=4)
 def _encoder(version: str, cfg_json: str) -> Encoder:
+    from embedding.encoder import Encoder  # torch loads with the first model, not with this module
+
     cfg = Config.model_validate_json(cfg_json)
     return Encoder(version, cfg.model, cfg.inference)
 
@@ -91,16 +95,19 @@ def vectorize_image(
         source = source or SourceSettings.from_config(cfg)
         data, _ = fetch(resolve_uri(os.fspath(image), None, source), source)
     encoder = encoder_for(cfg, version)
-    prep: Preprocess = encoder.loaded.preprocess
-    prep = Preprocess(
+    pixels = decode(data, preprocess_for(encoder, cfg), ImageLimits.from_config(cfg)).pixels
+    return _checked(encoder.encode_pixels(pixels[None])[0], encoder.version)
+
+
+def preprocess_for(encoder: Encoder, cfg: Config) -> Preprocess:
+    """The model version's preprocessing with the config's own choices (draft gap, alpha background)."""
+    return Preprocess(
         **{
-            **prep.__dict__,
+            **encoder.loaded.preprocess.__dict__,
             "draft_gap": cfg.preprocess.draft_gap,
             "alpha_background": tuple(cfg.preprocess.alpha_background),
         }
     )
-    pixels = decode(data, prep, ImageLimits.from_config(cfg)).pixels
-    return _checked(encoder.encode_pixels(pixels[None])[0], encoder.version)
 
 
 def _checked(values: np.ndarray, version: str) -> Vector:
@@ -138,6 +145,22 @@ def search(
     else:
         text = str(query)
         vector = vectorize_text(text, cfg, version)
+    return rank(index, vector, cfg, top, filters, text)
+
+
+def rank(
+    index: Index,
+    vector: Vector,
+    cfg: Config,
+    top: int | None = None,
+    filters: dict[str, str] | None = None,
+    text: str | None = None,
+) -> list[Hit]:
+    """The ranked results of a ready query vector (`text`: the query text it was made from, if any).
+
+    `search` and the service both rank through here, so their results are the same.
+    """
+    index.check_version(vector.model_version)
     top = top or cfg.search.top
     weight = cfg.search.relevance_weight
     # Relevance re-orders a pool of the best cosine candidates; weight 0 keeps the cosine order.

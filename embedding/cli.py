@@ -1,4 +1,4 @@
-"""The `embedding` command line: models, sample, run, index, search."""
+"""The `embedding` command line: models, sample, run, index, search, serve."""
 
 from __future__ import annotations
 
@@ -128,6 +128,36 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Run the service until Ctrl-C (or SIGTERM), then shut Serve down."""
+    import signal
+    import threading
+
+    from embedding.config import load_config
+    from embedding.service.app import start, stop
+
+    cfg = load_config(args.config, args.set or [])
+    started = start(cfg, args.host, args.port)
+    try:
+        for note in started.notes:
+            print(note)
+        print(
+            f"serving model versions {', '.join(started.versions)} (default {started.default}) at "
+            f"{started.url}\n  search page: {started.url}/\n  hosted API: {started.url}/computervision/"
+            f"retrieval:vectorizeImage?api-version=2024-02-01 (and :vectorizeText)"
+        )
+        if started.metrics_url:
+            print(f"  Serve's Prometheus metrics: {started.metrics_url}")
+        print("Ctrl-C stops the service.", flush=True)
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+    finally:
+        stop()
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     """The quick start: make the sample data if it is missing, then run the local config end to end."""
     import os
@@ -190,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     search.add_argument("--set", action="append", metavar="KEY=VALUE")
     search.set_defaults(func=_search)
+
+    serve = commands.add_parser(
+        "serve", help="the hosted API's routes, search and the search page over HTTP (Ray Serve)"
+    )
+    serve.add_argument("config")
+    serve.add_argument("--host", help="address to listen on (default service.host; 127.0.0.1 without keys)")
+    serve.add_argument("--port", type=int, help="port to listen on (default service.port, 8000)")
+    serve.add_argument("--set", action="append", metavar="KEY=VALUE")
+    serve.set_defaults(func=_serve)
 
     demo = commands.add_parser("demo", help="make the sample data if missing, then run configs/local.yaml")
     demo.add_argument("--config", default="configs/local.yaml")

@@ -220,6 +220,50 @@ class SearchConfig(Section):
     pool: int = Field(default=100, ge=1)  # cosine candidates that relevance re-orders (text queries)
 
 
+class EncoderServiceConfig(Section):
+    """The encoder deployment of each served model version (`embedding serve`)."""
+
+    batching: bool = True  # false: every request is encoded alone (batch size 1)
+    max_batch_size: int = Field(default=32, ge=1)  # requests merged into one model call
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)  # how long a batch waits to fill up
+    replicas: int = Field(default=1, ge=1)  # fixed replicas; with max_replicas > replicas: autoscaling
+    max_replicas: int | None = Field(default=None, ge=1)
+    target_ongoing_requests: float = Field(default=32, gt=0)  # autoscaling target per replica
+    max_ongoing_requests: int = Field(default=64, ge=1)  # in flight per replica
+    # Requests waiting for a replica beyond this get HTTP 429 with Retry-After (per caller; -1: no limit).
+    max_queued_requests: int = Field(default=256, ge=-1)
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float | None = Field(default=None, ge=0)  # None: inference.num_gpus_per_actor, or 1 with GPUs
+    # CPU inference threads per replica; None: its num_cpus (at least 1). Not every core, as the batch job
+    # does: a replica shares its node with Serve's proxy and other replicas, and threads beyond its share
+    # of the cores spin against them.
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> EncoderServiceConfig:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        return self
+
+
+class ServiceConfig(Section):
+    """`embedding serve`: the hosted API's routes, search, thumbnails and the search page on Ray Serve."""
+
+    host: str = "127.0.0.1"  # without API keys the service binds 127.0.0.1 whatever this says
+    port: int = Field(default=8000, ge=1, le=65535)
+    versions: list[str] = Field(default_factory=list)  # served model versions; empty: [model.version]
+    default_version: str | None = None  # `latest` or no model-version; None: model.version
+    api_keys: list[str] = Field(default_factory=list)  # also EMBEDDING_API_KEYS (comma-separated)
+    retry_after_s: int = Field(default=1, ge=0)  # the Retry-After of a 429
+    max_top: int = Field(default=1000, ge=1)  # the most results one search request may ask for
+    encoder: EncoderServiceConfig = Field(default_factory=EncoderServiceConfig)
+    search_replicas: int = Field(default=1, ge=1)
+    index_poll_s: float = Field(default=2.0, gt=0)  # how often a search replica looks for a rebuilt index
+    thumbnail_px: int = Field(default=256, ge=16, le=1024)  # longest side of a thumbnail
+    thumbnail_cache_mb: int = Field(default=256, ge=1)  # under <output.root>/_cache/thumbnails
+    page: bool = True  # the search page at /
+
+
 class Config(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -234,6 +278,7 @@ class Config(Section):
     video: VideoConfig = Field(default_factory=VideoConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     def to_yaml(self, redacted: bool = True) -> str:
         """The config as YAML; secrets redacted (what runs/<id>/config.yaml keeps) unless asked otherwise.

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import open_clip
-
 from embedding.config import Config, ModelVersionSpec
 from embedding.errors import ConfigError
 from embedding.images import Preprocess
@@ -63,6 +61,8 @@ def check_same(
 
 def check_width(name: str, spec: ModelVersionSpec) -> None:
     """Refuse a version whose declared `dim` is not what its architecture outputs (checked at start)."""
+    import open_clip  # here, not at import: the service's search replicas use this module without torch
+
     config = (
         open_clip.get_model_config(spec.architecture) if not spec.architecture.startswith("hf-hub:") else None
     )

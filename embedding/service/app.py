@@ -1,0 +1,175 @@
+"""Building and starting the Serve application of `embedding serve`.
+
+    ingress (FastAPI) --> encoder-<version>  (one per served version: the model, @serve.batch)
+                      --> search-<version>   (one per served version: its index, memory-mapped)
+
+`build` is the application builder that a Serve config file names (configs/serve.yaml, for `serve
+deploy` on a cluster); its arguments are the project config. `start` is what `embedding serve` and the
+tests call: it joins Ray as the job does (embedding.cluster), starts Serve's HTTP proxy with the body-limit
+middleware, and runs the application. Without API keys the proxy binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+
+from embedding.cluster import connect_ray
+from embedding.config import Config, _describe
+from embedding.errors import ConfigError
+from embedding.models import check_available, get_version
+from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK
+from embedding.service.encoders import EncoderDeployment
+from embedding.service.ingress import Ingress
+from embedding.service.searcher import SearchDeployment
+from embedding.service.security import KEYS_ENV, LOOPBACK, api_key_digests
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "embedding"
+INGRESS_MAX_ONGOING = 1024  # the ingress mostly awaits other deployments: many requests per replica
+
+
+def served_versions(cfg: Config) -> tuple[list[str], str]:
+    """(served versions, the default one); every version's weights must be on this machine."""
+    versions = list(dict.fromkeys(cfg.service.versions or [cfg.model.version]))
+    default = cfg.service.default_version or (
+        cfg.model.version if cfg.model.version in versions else versions[0]
+    )
+    if default not in versions:
+        raise ConfigError(
+            f"service.default_version '{default}' is not among service.versions ({', '.join(versions)})"
+        )
+    for version in versions:
+        check_available(version, cfg.model)
+    return versions, default
+
+
+def _gpus(cfg: Config) -> float:
+    if cfg.service.encoder.num_gpus is not None:
+        return cfg.service.encoder.num_gpus
+    from embedding.job import _gpus_per_actor  # the job's rule: the config, else 1 when Ray has GPUs
+
+    return _gpus_per_actor(cfg)
+
+
+def _encoder_options(cfg: Config, version: str) -> dict[str, Any]:
+    svc = cfg.service.encoder
+    options: dict[str, Any] = {
+        "name": f"encoder-{version}",
+        "max_ongoing_requests": svc.max_ongoing_requests,
+        "max_queued_requests": svc.max_queued_requests,
+        "ray_actor_options": {"num_cpus": svc.num_cpus, "num_gpus": _gpus(cfg)},
+    }
+    if svc.max_replicas and svc.max_replicas > svc.replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": svc.replicas,
+            "max_replicas": svc.max_replicas,
+            "target_ongoing_requests": svc.target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = svc.replicas
+    return options
+
+
+def build_app(cfg: Config, key_digests: tuple[str, ...] | None = None) -> Application:
+    """The application: an ingress, and an encoder and a search deployment per served version."""
+    versions, default = served_versions(cfg)
+    digests = api_key_digests(cfg.service) if key_digests is None else key_digests
+    if not digests:
+        log.warning("no API keys (service.api_keys, %s): keep the service on 127.0.0.1", KEYS_ENV)
+    cfg_json = cfg.model_dump_json()
+    encoders = {v: EncoderDeployment.options(**_encoder_options(cfg, v)).bind(cfg_json, v) for v in versions}
+    searchers = {
+        v: SearchDeployment.options(
+            name=f"search-{v}",
+            num_replicas=cfg.service.search_replicas,
+            max_ongoing_requests=INGRESS_MAX_ONGOING,
+            ray_actor_options={"num_cpus": 0},  # memory-mapped search, one query at a time: light
+        ).bind(cfg_json, v)
+        for v in versions
+    }
+    ingress = Ingress.options(
+        max_ongoing_requests=INGRESS_MAX_ONGOING,
+        # The encoder's queue is the one that fills (its 429 carries the hosted envelope); this one only
+        # guards the ingress itself, and Serve's proxy answers it with a bare 429 and Retry-After.
+        max_queued_requests=4 * INGRESS_MAX_ONGOING,
+        backpressure_config={"status_code": 429, "retry_after_s": cfg.service.retry_after_s},
+        ray_actor_options={"num_cpus": 0},
+    )
+    specs = {
+        v: {"dim": spec.dim, "languages": spec.languages, "description": spec.description}
+        for v, spec in ((v, get_version(v, cfg.model)) for v in versions)
+    }
+    return ingress.bind(cfg_json, specs, default, list(digests), encoders, searchers)
+
+
+def build(args: dict[str, Any]) -> Application:
+    """The application builder of a Serve config file: `args` is the project config (as YAML)."""
+    try:
+        cfg = Config.model_validate(args)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "(Serve application args)")) from None
+    return build_app(cfg)
+
+
+def proxy_env(cfg: Config) -> dict[str, str]:
+    """Environment of Serve's controller, inherited by its HTTP proxies: the body-limit middleware."""
+    return {
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": PROXY_CALLBACK,
+        LIMIT_ENV: str(cfg.limits.max_image_bytes),
+    }
+
+
+@dataclass
+class Started:
+    url: str
+    versions: list[str]
+    default: str
+    keys: bool
+    notes: list[str] = field(default_factory=list)
+    metrics_url: str | None = None
+
+
+def _metrics_url() -> str | None:
+    """Where this node's Ray exports Prometheus metrics (Serve's among them)."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    return None
+
+
+def start(cfg: Config, host: str | None = None, port: int | None = None) -> Started:
+    """Start (or update) the application on the Ray the config names; returns where it listens."""
+    versions, default = served_versions(cfg)
+    digests = api_key_digests(cfg.service)
+    host = host or cfg.service.host
+    port = cfg.service.port if port is None else port
+    notes = []
+    if not digests:
+        asked = f" (not {host})" if host != LOOPBACK else ""
+        notes.append(
+            f"no API keys (service.api_keys or {KEYS_ENV}): listening on {LOOPBACK} only{asked}, "
+            "so that nothing outside this machine can call the service"
+        )
+        host = LOOPBACK
+    connect_ray(cfg.ray)
+    # Options apply when Serve starts; a Serve already running on the cluster keeps its own.
+    serve.start(
+        http_options={"host": host, "port": port},
+        controller_options={"runtime_env": {"env_vars": proxy_env(cfg)}},
+    )
+    serve.run(build_app(cfg, digests), name=APP_NAME, route_prefix="/", blocking=False)
+    return Started(f"http://{host}:{port}", versions, default, bool(digests), notes, _metrics_url())
+
+
+def stop() -> None:
+    """Remove the application and shut Serve down (its proxies and controller)."""
+    serve.shutdown()

@@ -1,0 +1,296 @@
+"""The HTTP ingress (FastAPI on Ray Serve): the hosted API's routes, our search routes and the page.
+
+    POST /computervision/retrieval:vectorizeImage   hosted: JSON {"url"} or the image's raw bytes
+    POST /computervision/retrieval:vectorizeText    hosted: JSON {"text"}
+    POST /retrieval:search                          ours: see embedding.service.search_request
+    GET  /retrieval/models                          ours: served versions, their indexes and filters
+    GET  /retrieval/thumbnails/{imageId}            ours: a JPEG of at most service.thumbnail_px
+    GET  /retrieval/images/{imageId}                ours: the indexed image's original bytes
+    GET  /healthz                                   liveness (no key needed)
+    GET  /, /page/...                               the search page (no key needed; its calls need one)
+
+The ingress parses and checks requests, fetches request URLs, and calls the encoder and search
+deployments of the version asked for; the model and the index live in those.
+"""
+
+import asyncio
+import io
+import json
+import logging
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.exceptions import HTTPException
+
+from embedding.config import Config
+from embedding.errors import EmbeddingError
+from embedding.service.body import BodyLimits, read_body
+from embedding.service.search_request import SearchRequest, parse_search
+from embedding.service.security import authorized, source_settings
+from embedding.service.thumbnails import Thumbnails
+from embedding.service.wire import (
+    INVALID_ARGUMENT,
+    ApiError,
+    check_api_version,
+    from_embedding_error,
+    invalid,
+    model_version,
+    not_found,
+    too_many_requests,
+    unauthorized,
+    unwrap,
+    vector_response,
+)
+from embedding.sources import fetch
+from embedding.text import TextLimits, validate_text
+
+log = logging.getLogger(__name__)
+
+PAGE_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+# The page loads nothing from elsewhere: every script, style, image and call stays on this server.
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; style-src 'self'; "
+    "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+app = FastAPI(title="embedding serve", docs_url=None, redoc_url=None, openapi_url=None)
+_errors_metric: Any = None
+
+
+def _count_error(error: ApiError) -> None:
+    """Serve's Prometheus metrics get our errors by code (ray_embedding_service_errors_total)."""
+    global _errors_metric
+    if _errors_metric is None:
+        from ray.serve import metrics
+
+        _errors_metric = metrics.Counter(
+            "embedding_service_errors", "requests answered with an error", tag_keys=("status", "code")
+        )
+    code = error.inner[0] if error.inner else error.code
+    _errors_metric.inc(tags={"status": str(error.status), "code": code})
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, error: ApiError) -> Response:
+    _count_error(error)
+    return error.response()
+
+
+@app.exception_handler(EmbeddingError)
+async def _input_error(request: Request, error: EmbeddingError) -> Response:
+    return await _api_error(request, from_embedding_error(error))
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    # Unknown routes and methods get the hosted 404, as an unknown api-version does.
+    if error.status_code in (404, 405):
+        return await _api_error(request, not_found())
+    return await _api_error(request, ApiError(error.status_code, str(error.status_code), str(error.detail)))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, error: Exception) -> Response:
+    log.exception("%s %s failed", request.method, request.url.path)
+    return await _api_error(request, ApiError(500, "InternalServerError", "the server failed to answer"))
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid(INVALID_ARGUMENT, "the request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise invalid(INVALID_ARGUMENT, "the request body must be a JSON object")
+    return value
+
+
+def _is_json(request: Request) -> bool:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def _page_files() -> dict[str, bytes]:
+    folder = resources.files("embedding.service") / "page"
+    return {f.name: f.read_bytes() for f in folder.iterdir() if f.name.endswith(tuple(PAGE_TYPES))}
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(
+        self,
+        cfg_json: str,
+        versions: dict[str, dict[str, Any]],
+        default: str,
+        key_digests: list[str],
+        encoders: dict[str, Any],
+        searchers: dict[str, Any],
+    ):
+        self.cfg = Config.model_validate_json(cfg_json)
+        self.specs = versions  # version -> dim, languages, description (the registry's, from the driver)
+        self.versions = list(versions)
+        self.default = default
+        self.digests = tuple(key_digests)
+        self.encoders = encoders  # version -> DeploymentHandle of its EncoderDeployment
+        self.searchers = searchers  # version -> DeploymentHandle of its SearchDeployment
+        limits = self.cfg.limits
+        self.body_limits = BodyLimits(limits.max_image_bytes)
+        self.text_limits = TextLimits(limits.min_text_words, limits.max_text_words)
+        self.thumbnails = Thumbnails(self.cfg)
+        self.page = _page_files() if self.cfg.service.page else {}
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if not authorized(request.headers, self.digests):
+            raise unauthorized()
+
+    async def _call(self, response: Any) -> Any:
+        """Await a deployment's reply; a full queue is the hosted 429 with Retry-After."""
+        try:
+            return unwrap(await response)
+        except BackPressureError:
+            raise too_many_requests(self.cfg.service.retry_after_s) from None
+        except DeploymentUnavailableError as exc:
+            raise ApiError(503, "ServiceUnavailable", f"the model is not available: {exc}") from None
+
+    async def _fetch(self, url: Any) -> bytes:
+        """An image named by a request: the request source policy (no local paths), the job's limits."""
+        if not isinstance(url, str) or not url.strip():
+            raise invalid(INVALID_ARGUMENT, "'url' must be a non-empty string")
+        data, _ = await asyncio.to_thread(fetch, url.strip(), source_settings(self.cfg, "request"))
+        return data
+
+    async def _vector(self, version: str, kind: str, value: Any) -> np.ndarray:
+        """The unit vector of a text, an image's bytes or an image URL, from the version's encoder."""
+        encoder = self.encoders[version]
+        if kind == "text":
+            return await self._call(encoder.text.remote(validate_text(value, self.text_limits)))
+        data = await self._fetch(value) if kind == "url" else value
+        return await self._call(encoder.image.remote(data))
+
+    async def _record(self, version: str, image_id: str) -> dict[str, Any]:
+        return await self._call(self.searchers[version].record.remote(image_id))
+
+    # -- the hosted API ------------------------------------------------------------------------------
+
+    @app.post("/computervision/retrieval:vectorizeImage")
+    async def vectorize_image(self, request: Request) -> Response:
+        self._authorize(request)
+        check_api_version(request.query_params)
+        version = model_version(request.query_params, self.versions, self.default)
+        body = await read_body(request, self.body_limits)
+        if _is_json(request):
+            vector = await self._vector(version, "url", _json_object(body).get("url"))
+        else:  # raw bytes: application/octet-stream, image/*, a specific image type, or no type at all
+            vector = await self._vector(version, "image", body)
+        return JSONResponse(vector_response(version, vector.tolist()))
+
+    @app.post("/computervision/retrieval:vectorizeText")
+    async def vectorize_text(self, request: Request) -> Response:
+        self._authorize(request)
+        check_api_version(request.query_params)
+        version = model_version(request.query_params, self.versions, self.default)
+        payload = _json_object(await read_body(request, self.body_limits))
+        vector = await self._vector(version, "text", payload.get("text"))
+        return JSONResponse(vector_response(version, vector.tolist()))
+
+    # -- our own routes ------------------------------------------------------------------------------
+
+    @app.post("/retrieval:search")
+    async def search(self, request: Request) -> Response:
+        self._authorize(request)
+        payload = _json_object(await read_body(request, self.body_limits))
+        query = parse_search(payload, dict(request.query_params), self.versions, self.default, self.cfg)
+        return JSONResponse(await self._search(query))
+
+    async def _search(self, query: SearchRequest) -> dict[str, Any]:
+        version = query.index_version
+        ask: dict[str, Any] = {
+            "top": query.top,
+            "skip": query.skip,
+            "filters": query.filters,
+            "weight": query.weight,
+            "text": query.value if query.kind == "text" else None,
+        }
+        if query.kind == "image_id":
+            ask["image_id"] = query.value
+        elif query.kind == "vector":
+            ask["vector"], ask["vector_version"] = query.value, query.vector_version
+        else:  # embedded with the index's own version, as `embedding search` does
+            ask["vector"] = await self._vector(version, query.kind, query.value)
+            ask["vector_version"] = version
+        answer = await self._call(self.searchers[version].search.remote(ask))
+        return {**answer, "skip": query.skip, "top": query.top}
+
+    @app.get("/retrieval/models")
+    async def models(self, request: Request) -> Response:
+        self._authorize(request)
+        infos = await asyncio.gather(*(self.searchers[v].info.remote() for v in self.versions))
+        limits = self.cfg.limits
+        return JSONResponse(
+            {
+                "defaultVersion": self.default,
+                "models": [{**info, **self.specs[info["modelVersion"]]} for info in infos],
+                "limits": {
+                    "minTextWords": limits.min_text_words,
+                    "maxTextWords": limits.max_text_words,
+                    "maxImageBytes": limits.max_image_bytes,
+                    "maxTop": self.cfg.service.max_top,
+                },
+            }
+        )
+
+    @app.get("/retrieval/thumbnails/{image_id:path}")
+    async def thumbnail(self, image_id: str, request: Request) -> Response:
+        self._authorize(request)
+        version = model_version(request.query_params, self.versions, self.default)
+        record = await self._record(version, image_id)
+        data, problem = await asyncio.to_thread(self.thumbnails.get, version, record)
+        headers = {"Cache-Control": "private, max-age=3600"}
+        if problem:
+            headers = {"Cache-Control": "no-store", "X-Thumbnail-Placeholder": problem}
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/retrieval/images/{image_id:path}")
+    async def original(self, image_id: str, request: Request) -> Response:
+        self._authorize(request)
+        version = model_version(request.query_params, self.versions, self.default)
+        record = await self._record(version, image_id)
+        try:
+            data = await asyncio.to_thread(self.thumbnails.source, record)
+        except EmbeddingError as exc:
+            raise ApiError(404, "NotFound", exc.message, (exc.code.value, exc.message)) from None
+        try:
+            media = Image.MIME.get(Image.open(io.BytesIO(data)).format or "", "application/octet-stream")
+        except Exception:  # the job indexed it, so it decoded once; serve it as bytes regardless
+            media = "application/octet-stream"
+        return Response(data, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/healthz")
+    async def healthz(self) -> Response:
+        return JSONResponse({"status": "ok", "modelVersions": self.versions})
+
+    # -- the page ------------------------------------------------------------------------------------
+
+    @app.get("/")
+    async def index_page(self) -> Response:
+        return self._page_file("index.html")
+
+    @app.get("/page/{name}")
+    async def page_file(self, name: str) -> Response:
+        return self._page_file(name)
+
+    def _page_file(self, name: str) -> Response:
+        if name not in self.page:
+            raise not_found()
+        media = PAGE_TYPES[name[name.rfind(".") :]]
+        headers = {"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff"}
+        return Response(self.page[name], media_type=media, headers=headers)

@@ -1,0 +1,70 @@
+"""The service's trust boundary: API keys, and the source policy for every URL the service fetches.
+
+The config and the command line are trusted; a request is not. Every fetch the service makes goes through
+`source_settings`: URLs named by a request may only use http, https, s3 or gs (never a local path or
+file://), and thumbnails read the indexed image's own `uri` under the job's own policy (the job wrote it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+from embedding.config import Config, ServiceConfig
+from embedding.sources import INLINE, SourceSettings
+
+KEYS_ENV = "EMBEDDING_API_KEYS"
+REQUEST_SCHEMES = ("http", "https", "s3", "gs")
+LOOPBACK = "127.0.0.1"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_digests(cfg: ServiceConfig, environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+    """SHA-256 of every accepted key: `service.api_keys` and the comma-separated EMBEDDING_API_KEYS.
+
+    Replicas get digests, not keys, so that no key shows in Serve's deployment config or dashboard.
+    """
+    keys = [*cfg.api_keys, *environ.get(KEYS_ENV, "").split(",")]
+    return tuple(sorted({_digest(k.strip()) for k in keys if k.strip()}))
+
+
+def request_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents: `Ocp-Apim-Subscription-Key: <key>` or `Authorization: Bearer <key>`."""
+    key = headers.get("ocp-apim-subscription-key")
+    if key:
+        return key.strip()
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def authorized(headers: Mapping[str, str], digests: Iterable[str]) -> bool:
+    """True when no keys are configured, or the request presents one of them (compared in constant time)."""
+    digests = tuple(digests)
+    if not digests:
+        return True
+    key = request_key(headers)
+    if key is None:
+        return False
+    presented = _digest(key)
+    return any(hmac.compare_digest(presented, d) for d in digests)
+
+
+def source_settings(cfg: Config, origin: Literal["request", "index"]) -> SourceSettings:
+    """The source policy of one fetch of the service: the only place the service builds SourceSettings.
+
+    `request`: a URL from a request body (untrusted): http, https, s3 and gs only, as far as the config
+    allows them. `index`: the `uri` an indexed row carries, fetched for its thumbnail, under the job's own
+    `input.allowed_schemes`.
+    """
+    allowed = cfg.input.allowed_schemes
+    if origin == "request":
+        schemes = tuple(s for s in REQUEST_SCHEMES if s in allowed)
+    else:
+        schemes = tuple(s for s in allowed if s != INLINE)
+    return SourceSettings(schemes, cfg.limits.max_image_bytes, cfg.fetch, cfg.input.storage_options)

@@ -1,0 +1,165 @@
+"""The hosted API's wire format: api-version, model-version, the error envelope and its status codes.
+
+Applications written for the hosted VectorizeImage/VectorizeText API must work against this service by
+changing only their endpoint and key, so its answers are reproduced as they are:
+
+    200  {"modelVersion": "<version>", "vector": [...]}
+    4xx  {"error": {"code": "InvalidRequest", "message": "...",
+                    "innererror": {"code": "<the job's error code>", "message": "..."}}}
+         with the top-level code in the `x-ms-error-code` header
+
+An unknown or missing api-version gets the hosted answer (404, {"error": {"code": "404", "message":
+"Resource not found"}}), as do 401 and 429. Our own routes (search, models, thumbnails) use the same envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from embedding.errors import EmbeddingError, ErrorCode
+
+API_VERSIONS = ("2023-02-01-preview", "2024-02-01")
+LATEST = "latest"
+
+# Inner codes of request problems that are not about one input (the job's ErrorCode covers those).
+INVALID_ARGUMENT = "InvalidArgument"  # a body or parameter of the wrong shape
+INVALID_MODEL_VERSION = "InvalidModelVersion"  # a model version that is not served
+VERSION_MISMATCH = "VersionMismatch"  # a vector of one version against the index of another
+INDEX_NOT_FOUND = "IndexNotFound"  # the version is served but has no index (yet)
+IMAGE_NOT_FOUND = "ImageNotFound"  # an image id that is not in the index
+
+# The job's codes that describe a bad input: HTTP 400, never 500. The others are the server's fault.
+_BAD_INPUT = frozenset(ErrorCode) - {
+    ErrorCode.EMBEDDING_NOT_FINITE,
+    ErrorCode.ENCODE_FAILED,
+    ErrorCode.WORKER_CRASHED,
+}
+
+
+class ApiError(Exception):
+    """An answer in the hosted error envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        inner: tuple[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.inner = inner
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.inner:
+            error["innererror"] = {"code": self.inner[0], "message": self.inner[1]}
+        return {"error": error}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            self.body(), status_code=self.status, headers={"x-ms-error-code": self.code, **self.headers}
+        )
+
+
+def reply(value: Any = None, error: ApiError | None = None) -> dict[str, Any]:
+    """What a deployment returns to the ingress: a value, or an error in the hosted envelope's terms.
+
+    Errors travel as data, not exceptions, so that they reach the ingress as they were raised.
+    """
+    if error is not None:
+        return {
+            "error": {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+                "inner": error.inner,
+            }
+        }
+    return {"value": value}
+
+
+def unwrap(answer: dict[str, Any]) -> Any:
+    """The value of a deployment's reply; raises its ApiError."""
+    if "error" in answer:
+        e = answer["error"]
+        raise ApiError(e["status"], e["code"], e["message"], tuple(e["inner"]) if e["inner"] else None)
+    return answer["value"]
+
+
+def invalid(inner_code: str, message: str, status: int = 400) -> ApiError:
+    """A bad request: the hosted top-level code InvalidRequest, our reason as the inner error."""
+    return ApiError(status, "InvalidRequest", message, (inner_code, message))
+
+
+def from_embedding_error(error: EmbeddingError) -> ApiError:
+    """An input refused by the job's own checks, with the job's error code as the inner code."""
+    if error.code in _BAD_INPUT:
+        return invalid(error.code.value, error.message)
+    return ApiError(500, "InternalServerError", error.message, (error.code.value, error.message))
+
+
+def not_found() -> ApiError:
+    """The hosted answer to an unknown route or api-version."""
+    return ApiError(404, "404", "Resource not found")
+
+
+def unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "401",
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid "
+        "key for an active subscription and use a correct regional API endpoint for your resource.",
+    )
+
+
+def too_many_requests(retry_after_s: int) -> ApiError:
+    return ApiError(
+        429,
+        "429",
+        f"Rate limit is exceeded. Try again in {retry_after_s} seconds.",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def check_api_version(query: Mapping[str, str]) -> str:
+    """The request's api-version; a missing or unknown one gets the hosted 404."""
+    version = query.get("api-version")
+    if version not in API_VERSIONS:
+        raise not_found()
+    return version
+
+
+def model_version(query: Mapping[str, str], served: list[str], default: str, body: str | None = None) -> str:
+    """The model version a request names (`model-version` or `modelVersion`; `latest` or none: default)."""
+    named = {v for v in (query.get("model-version"), query.get("modelVersion"), body) if v} or {LATEST}
+    versions = {default if name == LATEST else name for name in named}
+    if len(versions) > 1:
+        raise invalid(
+            INVALID_ARGUMENT, f"the request names two model versions: {' and '.join(sorted(versions))}"
+        )
+    (name,) = versions
+    if name not in served:
+        raise invalid(
+            INVALID_MODEL_VERSION,
+            f"model version '{name}' is not served here; served versions: {', '.join(served)} "
+            f"('{LATEST}' is {default})",
+        )
+    return name
+
+
+def vector_response(version: str, vector: list[float]) -> dict[str, Any]:
+    return {"modelVersion": version, "vector": vector}
+
+
+def camel_hit(hit: dict[str, Any]) -> dict[str, Any]:
+    """A search result (Hit.to_dict(), as `embedding search --json` prints it) in camelCase JSON."""
+    names = {"image_id": "imageId", "metadata_score": "metadataScore"}
+    return {names.get(key, key): value for key, value in hit.items()}

@@ -1,0 +1,41 @@
+"""The application builder and the Serve config file for clusters (`embedding serve` itself: test_page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from embedding.config import Config
+from embedding.errors import ConfigError
+from embedding.service.app import build, served_versions
+from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_serve_config_file_is_valid_and_its_args_are_a_project_config() -> None:
+    text = (REPO / "configs" / "serve.yaml").read_text()
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
+    (app,) = schema.applications
+    assert app.import_path == "embedding.service.app:build" and app.route_prefix == "/"
+    cfg = Config.model_validate(app.args)
+    assert cfg.service.versions == ["2023-04-15"] and cfg.service.encoder.max_replicas == 4
+    env = schema.controller_options.runtime_env["env_vars"]
+    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == PROXY_CALLBACK
+    assert int(env[LIMIT_ENV]) == cfg.limits.max_image_bytes
+
+
+def test_served_versions() -> None:
+    assert served_versions(Config()) == (["demo"], "demo")
+    with pytest.raises(ConfigError, match=r"not among service\.versions"):
+        served_versions(Config.model_validate({"service": {"default_version": "x", "versions": ["demo"]}}))
+    with pytest.raises(ConfigError, match="2022-04-11"):  # its weights are not on this machine
+        served_versions(Config.model_validate({"service": {"versions": ["demo", "2022-04-11"]}}))
+
+
+def test_the_builder_refuses_unknown_keys() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'service.bogus'"):
+        build({"service": {"bogus": 1}})

@@ -1,0 +1,83 @@
+"""The hosted API's wire format: api-version, model-version, and the error envelope."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from embedding.errors import EmbeddingError, ErrorCode
+from embedding.service.wire import (
+    ApiError,
+    camel_hit,
+    check_api_version,
+    from_embedding_error,
+    model_version,
+    reply,
+    too_many_requests,
+    unwrap,
+)
+
+SERVED = ["demo", "rn50-openai"]
+
+
+def test_api_versions() -> None:
+    assert check_api_version({"api-version": "2024-02-01"}) == "2024-02-01"
+    assert check_api_version({"api-version": "2023-02-01-preview"}) == "2023-02-01-preview"
+    for query in ({"api-version": "2023-04-01"}, {}):
+        with pytest.raises(ApiError) as info:
+            check_api_version(query)
+        assert info.value.status == 404
+        assert info.value.body() == {"error": {"code": "404", "message": "Resource not found"}}
+
+
+def test_model_version_names() -> None:
+    assert model_version({}, SERVED, "demo") == "demo"
+    assert model_version({"model-version": "latest"}, SERVED, "demo") == "demo"
+    assert model_version({"modelVersion": "rn50-openai"}, SERVED, "demo") == "rn50-openai"
+    assert model_version({"model-version": "demo", "modelVersion": "latest"}, SERVED, "demo") == "demo"
+    with pytest.raises(ApiError) as info:
+        model_version({"model-version": "2023-04-15"}, SERVED, "demo")
+    assert info.value.status == 400 and info.value.inner[0] == "InvalidModelVersion"
+    assert "2023-04-15" in info.value.message and "demo, rn50-openai" in info.value.message
+    with pytest.raises(ApiError, match="two model versions"):
+        model_version({"model-version": "demo"}, SERVED, "demo", body="rn50-openai")
+
+
+def test_the_envelope() -> None:
+    error = from_embedding_error(EmbeddingError(ErrorCode.INVALID_IMAGE_SIZE, "too big"))
+    response = error.response()
+    assert response.status_code == 400 and response.headers["x-ms-error-code"] == "InvalidRequest"
+    assert json.loads(response.body) == {
+        "error": {
+            "code": "InvalidRequest",
+            "message": "too big",
+            "innererror": {"code": "InvalidImageSize", "message": "too big"},
+        }
+    }
+    # Every input code is a 400; the model's own failures are the server's (500).
+    for code in ErrorCode:
+        status = from_embedding_error(EmbeddingError(code, "x")).status
+        assert status == (500 if code in ("EmbeddingNotFinite", "EncodeFailed", "WorkerCrashed") else 400)
+    busy = too_many_requests(2).response()
+    assert busy.status_code == 429 and busy.headers["Retry-After"] == "2"
+
+
+def test_replies_carry_errors_as_data() -> None:
+    assert unwrap(reply([1.0])) == [1.0]
+    error = ApiError(404, "NotFound", "gone", ("ImageNotFound", "gone"))
+    with pytest.raises(ApiError) as info:
+        unwrap(reply(error=error))
+    assert info.value.body() == error.body() and info.value.status == 404
+
+
+def test_hits_in_camel_case() -> None:
+    hit = {"image_id": "a", "uri": "u", "cosine": 0.5, "metadata_score": 0.0, "relevance": 0.6, "tags": ["x"]}
+    assert camel_hit(hit) == {
+        "imageId": "a",
+        "uri": "u",
+        "cosine": 0.5,
+        "metadataScore": 0.0,
+        "relevance": 0.6,
+        "tags": ["x"],
+    }
