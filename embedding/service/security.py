@@ -11,13 +11,16 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Literal
 
 from embedding.config import Config, ServiceConfig
 from embedding.sources import INLINE, SourceSettings
 
 KEYS_ENV = "EMBEDDING_API_KEYS"
-REQUEST_SCHEMES = ("http", "https", "s3", "gs")
+# A URL in a request is fetched over HTTP(S) only: an s3:// or gs:// URL would be read with the service's own
+# credentials, which would let any caller read whatever they can.
+REQUEST_SCHEMES = ("http", "https")
 LOOPBACK = "127.0.0.1"
 
 
@@ -58,13 +61,14 @@ def authorized(headers: Mapping[str, str], digests: Iterable[str]) -> bool:
 def source_settings(cfg: Config, origin: Literal["request", "index"]) -> SourceSettings:
     """The source policy of one fetch of the service: the only place the service builds SourceSettings.
 
-    `request`: a URL from a request body (untrusted): http, https, s3 and gs only, as far as the config
-    allows them. `index`: the `uri` an indexed row carries, fetched for its thumbnail, under the job's own
-    `input.allowed_schemes`.
+    `request`: a URL from a request body (untrusted): http and https only, as far as the config allows
+    them, under the job's network rules (`fetch.allowed_networks` opens private ranges). `index`: the `uri`
+    an indexed row carries, fetched for its thumbnail, under the job's own `input.allowed_schemes`.
     """
-    allowed = cfg.input.allowed_schemes
-    if origin == "request":
-        schemes = tuple(s for s in REQUEST_SCHEMES if s in allowed)
-    else:
-        schemes = tuple(s for s in allowed if s != INLINE)
-    return SourceSettings(schemes, cfg.limits.max_image_bytes, cfg.fetch, cfg.input.storage_options)
+    if origin == "request":  # untrusted: no local files, private networks refused unless opened
+        settings = SourceSettings.untrusted(cfg)
+        return replace(
+            settings, allowed_schemes=tuple(s for s in REQUEST_SCHEMES if s in settings.allowed_schemes)
+        )
+    settings = SourceSettings.from_config(cfg)  # a uri the job itself accepted when it embedded the row
+    return replace(settings, allowed_schemes=tuple(s for s in settings.allowed_schemes if s != INLINE))

@@ -13,7 +13,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pyarrow.compute as pc
 from fsspec.core import url_to_fs
 from PIL import Image, ImageDraw, ImageOps
 
+from embedding.cache import cache_dir
 from embedding.config import Config
 from embedding.errors import EmbeddingError, ErrorCode
 from embedding.images import ImageLimits, _to_rgb, open_image
@@ -87,13 +87,13 @@ def inline_image(cfg: Config, image_id: str) -> bytes | None:
 
 
 def cache_folder(cfg: Config) -> Path:
-    """<output.root>/_cache/thumbnails on a local root; a local temporary folder for an object store."""
+    """<output.root>/_cache/thumbnails on a local root; the user's cache folder for an object store."""
     fs, base = url_to_fs(cfg.output.root, **cfg.output.storage_options)
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
     if protocol in ("file", "local"):
         return Path(base) / "_cache" / "thumbnails"
     digest = hashlib.sha256(cfg.output.root.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "embedding-cache" / digest / "thumbnails"
+    return cache_dir("thumbnails", digest)  # private to the user, not a predictable shared /tmp folder
 
 
 class Thumbnails:

@@ -100,7 +100,8 @@ def served(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local
         "output": {"root": str(folder / "out")},
         "model": {"version": "demo"},
         "inference": {"device": "cpu", "batch_size": 32},
-        "fetch": {"timeout_s": 5, "retries": 0, "backoff_s": 0.1},
+        # the tests' own image server listens on 127.0.0.1, which the network rules refuse unless opened
+        "fetch": {"timeout_s": 5, "retries": 0, "backoff_s": 0.1, "allowed_networks": ["127.0.0.1/32"]},
         "index": {"enabled": True, "shards": 2},
         "service": {"index_poll_s": 0.2, "encoder": {"num_cpus": 0.5}},
     }
