@@ -42,7 +42,7 @@ from embedding.index.build import build_index
 from embedding.index.search import Index
 from embedding.outputs import Partition
 from embedding.rows import embedding_type
-from embedding.sink import OutputSchemas, file_metadata
+from embedding.schemas import OutputSchemas, file_metadata
 
 DIM, K, VERSION = 1024, 10, "demo"
 

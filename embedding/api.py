@@ -35,15 +35,18 @@ class Vector:
 
 @dataclass(frozen=True)
 class Hit:
-    image_id: str
+    """One result: an image, a frame of a video (`metadata` has its frame_time_s), or a video's segment."""
+
+    image_id: str  # the image's id, or the video's (its manifest row's id)
     uri: str | None
     cosine: float
     metadata_score: float
     relevance: float
     metadata: dict[str, Any]
+    segment: dict[str, Any] | None = None  # a video result: start_s, end_s, frame_time_s, frame_index, frames
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "image_id": self.image_id,
             "uri": self.uri,
             "cosine": round(self.cosine, 6),
@@ -51,6 +54,9 @@ class Hit:
             "relevance": round(self.relevance, 6),
             **{k: v for k, v in self.metadata.items() if k not in ("image_id", "uri")},
         }
+        if self.segment is not None:
+            out["video"] = self.segment
+        return out
 
 
 @lru_cache(maxsize=4)
@@ -163,11 +169,17 @@ def rank(
     index.check_version(vector.model_version)
     top = top or cfg.search.top
     weight = cfg.search.relevance_weight
-    # Relevance re-orders a pool of the best cosine candidates; weight 0 keeps the cosine order.
-    pool = max(top, cfg.search.pool) if weight > 0 and text else top
+    grouping = cfg.search.group_videos and "frame_time_s" in index.manifest.metadata_columns
+    # Relevance re-orders a pool of the best cosine candidates; weight 0 keeps the cosine order. Grouping
+    # frames into segments needs a pool well above `top`, or one video's frames would fill it.
+    pool = max(top, cfg.search.pool) if (weight > 0 and text) or grouping else top
+    if grouping:
+        pool = max(pool, 10 * top)
     hits = []
     for candidate in index.nearest(vector.values, pool, filters):
         meta = index.metadata(candidate)
+        if meta.get("frame_time_s") is None:
+            meta = {k: v for k, v in meta.items() if k not in ("frame_time_s", "frame_index")}
         score = metadata_score(text, meta.get("caption"), meta.get("tags")) if text else 0.0
         hits.append(
             Hit(
@@ -179,5 +191,49 @@ def rank(
                 meta,
             )
         )
+    if grouping:
+        hits = _segments(hits, cfg)
     hits.sort(key=lambda h: (-h.relevance, -h.cosine))
     return hits[:top]
+
+
+def _segments(hits: list[Hit], cfg: Config) -> list[Hit]:
+    """Frames of a video grouped into segments (embedding.segments); images as they are."""
+    from embedding.segments import FrameHit, Segment, group_segments, segment_gap_s
+
+    frames = [
+        FrameHit(
+            h.image_id,
+            h.cosine,
+            h.metadata_score,
+            h.relevance,
+            h.metadata.get("frame_time_s"),
+            h.metadata.get("frame_index"),
+            {**h.metadata, "uri": h.uri},
+        )
+        for h in hits
+    ]
+    images = {h.image_id: h for h in hits if h.metadata.get("frame_time_s") is None}
+    out = []
+    for result in group_segments(frames, cfg.video.segment_margin, segment_gap_s(cfg.video)):
+        if isinstance(result, Segment):
+            meta = {k: v for k, v in result.fields.items() if k not in ("frame_time_s", "frame_index", "uri")}
+            span = {
+                k: v
+                for k, v in result.to_dict().items()
+                if k in ("start_s", "end_s", "frame_time_s", "frame_index", "frames")
+            }
+            out.append(
+                Hit(
+                    result.video_id,
+                    result.fields.get("uri"),
+                    result.cosine,
+                    result.metadata_score,
+                    result.relevance,
+                    meta,
+                    span,
+                )
+            )
+        else:
+            out.append(images[result.item_id])
+    return out

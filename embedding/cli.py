@@ -112,7 +112,10 @@ def _search(args: argparse.Namespace) -> int:
     from embedding.api import search
     from embedding.config import load_config
 
-    cfg = load_config(args.config, args.set or [])
+    overrides = list(args.set or [])
+    if args.group_videos is not None:
+        overrides.append(f"search.group_videos={str(args.group_videos).lower()}")
+    cfg = load_config(args.config, overrides)
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either a query TEXT or --image PATH_OR_URL")
     query = args.image if args.image is not None else args.text
@@ -122,9 +125,13 @@ def _search(args: argparse.Namespace) -> int:
         return 0
     print(f"{'#':>3} {'relevance':>9} {'cosine':>8} {'meta':>5}  {'image_id':<24} uri")
     for rank, h in enumerate(hits, 1):
-        print(
-            f"{rank:>3} {h.relevance:9.4f} {h.cosine:8.4f} {h.metadata_score:5.2f}  {h.image_id:<24} {h.uri}"
-        )
+        moment, span = "", h.segment
+        if span is not None:
+            moment = f"  [{span['start_s']:.1f}-{span['end_s']:.1f} s, best {span['frame_time_s']:.1f} s]"
+        elif h.metadata.get("frame_time_s") is not None:
+            moment = f"  [frame at {h.metadata['frame_time_s']:.1f} s]"
+        scores = f"{h.relevance:9.4f} {h.cosine:8.4f} {h.metadata_score:5.2f}"
+        print(f"{rank:>3} {scores}  {h.image_id:<24} {h.uri}{moment}")
     return 0
 
 
@@ -218,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep rows whose metadata column equals (or, for lists, contains) VALUE",
     )
     search.add_argument("--json", action="store_true")
+    search.add_argument(
+        "--group-videos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="video frames as segments with their times (default: search.group_videos, on)",
+    )
     search.add_argument("--set", action="append", metavar="KEY=VALUE")
     search.set_defaults(func=_search)
 

@@ -38,6 +38,8 @@ class Totals:
 
     units_committed: int = 0
     embedded: int = 0
+    videos: int = 0
+    frames: int = 0
     adopted: int = 0
     retried: int = 0
     failed_by_code: dict[str, int] = field(default_factory=dict)
@@ -51,6 +53,8 @@ class Totals:
 
     def add(self, result: dict[str, Any]) -> None:
         self.embedded += result["embedded"]
+        self.videos += result["videos"]
+        self.frames += result["frames"]
         self.adopted += result["adopted"]
         self.retried += result["retried"]
         for code, n in json.loads(result["failed_by_code"]).items():

@@ -67,6 +67,8 @@ class FetchConfig(Section):
     # affected: the config is trusted, a manifest is not.
     allowed_networks: list[str] = Field(default_factory=list)
     max_redirects: int = Field(default=5, ge=0)  # HTTP redirects followed, each one checked again
+    # A video over the image size limit is downloaded whole (into a private temporary file) within this.
+    video_timeout_s: float = Field(default=600.0, gt=0)
     # Reads abandoned at their deadline that may still be running in one process (a stalled NFS mount, a
     # server that never answers); beyond this, new reads fail at once (FetchFailed) instead of piling up.
     max_stuck_reads: int = Field(default=64, ge=1)
@@ -218,6 +220,9 @@ class SearchConfig(Section):
     top: int = Field(default=10, ge=1)
     relevance_weight: float = Field(default=0.2, ge=0, le=1)  # share of the metadata score in relevance
     pool: int = Field(default=100, ge=1)  # cosine candidates that relevance re-orders (text queries)
+    # Frames of a video come back as segments (a video id, the moments that match, the best frame's time);
+    # off, every frame is a result of its own.
+    group_videos: bool = True
 
 
 class EncoderServiceConfig(Section):

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from embedding.errors import ErrorCode
 from embedding.manifest import ManifestFile, open_parquet
+from embedding.outputs import FRAMES_TABLE
 from embedding.storage import filesystem
 
 ROW_BITS = 40
@@ -105,6 +106,7 @@ class CommittedUnit:
     where: str  # where its rows came from, for messages
     embedded: int  # rows in its embeddings file
     failed: int  # rows in its errors file
+    frames: int = 0  # rows in its video frames file (image partitions)
 
 
 def committed_part(
@@ -121,12 +123,16 @@ def committed_part(
     id_col = "image_id" if tables[0] == "embeddings" else "text_id"
     parts = []
     for unit in units:
-        for table, wanted in zip(tables, (unit.embedded, unit.failed), strict=True):
+        sources = [(tables[0], id_col, unit.embedded), (tables[1], id_col, unit.failed)]
+        sources.append((FRAMES_TABLE, "video_id", unit.frames))
+        for table, key, wanted in sources:
             if not wanted or (table == tables[1] and unit.state == SUPERSEDED):
                 continue
             path = f"{base}/{table}/model_version={version}/part-{unit.unit_id}.parquet"
-            columns = [id_col] if table == tables[0] else [id_col, "error_code"]
+            columns = [key] if table != tables[1] else [key, "error_code"]
             data = pq.read_table(path, columns=columns, filesystem=fs)
+            if table == FRAMES_TABLE:  # a video's id, once for all its frames
+                data = pa.table({id_col: pc.unique(data.column(key))})
             if table == tables[1]:
                 manifest_codes = pa.array(
                     [ErrorCode.INVALID_MANIFEST_ROW.value, ErrorCode.DUPLICATE_ID.value]

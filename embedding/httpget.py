@@ -18,6 +18,7 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from embedding.deadline import Attempt
@@ -144,25 +145,42 @@ def _headers(parts, first, policy: HttpPolicy) -> dict[str, str]:
     return headers
 
 
-def _read_body(response: http.client.HTTPResponse, sock: socket.socket, limit: int, deadline: float) -> bytes:
-    """Up to `limit` bytes of the body, each read under the time left (a slow sender cannot stretch it)."""
+def _read_body(
+    response: http.client.HTTPResponse,
+    sock: socket.socket,
+    limit: int,
+    deadline: float,
+    sink: BinaryIO | None,
+) -> bytes:
+    """Up to `limit` bytes of the body, each read under the time left (a slow sender cannot stretch it);
+    written to `sink` instead of returned when one is given (a video is never held whole in memory)."""
     parts, size = [], 0
     while size < limit:
         sock.settimeout(_remaining(deadline))
         chunk = response.read1(min(_CHUNK, limit - size))
         if not chunk:
             break
-        parts.append(chunk)
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
 
 
 def get(
-    url: str, policy: HttpPolicy, max_bytes: int, deadline: float, attempt: Attempt | None = None
+    url: str,
+    policy: HttpPolicy,
+    max_bytes: int,
+    deadline: float,
+    attempt: Attempt | None = None,
+    sink: BinaryIO | None = None,
+    partial: bool = False,
 ) -> bytes:
     """The body of `url`, following checked redirects; at most `max_bytes` + 1 bytes are read, so the
     caller's size check sees a body that is too large. Raises EmbeddingError for refusals, HTTP statuses
-    and a declared length over the limit, TimeoutError past `deadline` (time.monotonic), OSError else."""
+    and a declared length over the limit, TimeoutError past `deadline` (time.monotonic), OSError else.
+    `sink` receives the body instead of the return value; `partial` reads only the first `max_bytes`."""
     first = urlsplit(url)
     current = url
     for hop in range(policy.max_redirects + 1):
@@ -190,12 +208,14 @@ def get(
             if response.status != 200:
                 raise _status_error(response.status, response.reason, strip_userinfo(current))
             declared = response.getheader("Content-Length")
+            if partial:
+                return _read_body(response, sock, max_bytes, deadline, sink)
             if declared and declared.isdigit() and int(declared) >= max_bytes:
                 raise EmbeddingError(
                     ErrorCode.INVALID_IMAGE_SIZE,
                     f"{strip_userinfo(current)} has {declared} bytes; images must be under {max_bytes} bytes",
                 )
-            return _read_body(response, sock, max_bytes + 1, deadline)
+            return _read_body(response, sock, max_bytes + 1, deadline, sink)
         finally:
             conn.close()
     raise EmbeddingError(

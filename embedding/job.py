@@ -22,17 +22,20 @@ from embedding.identity import check_same, check_width, identity_for
 from embedding.images import ImageLimits, Preprocess
 from embedding.lease import Lease
 from embedding.manifest import ManifestFile, detect_kind, find_files, plan_units
+from embedding.media import MediaSettings
 from embedding.models import check_available
 from embedding.models.loading import preprocess_for
 from embedding.outputs import Partition
 from embedding.overwrite import recover_overwrites, replace_with, shadow_partition
 from embedding.pipeline import StageSettings, load_stage_class, run_stream
 from embedding.plan import LocalTasks, RayTasks, make_plan
-from embedding.sink import OutputSchemas, WriteSettings, file_metadata
+from embedding.schemas import OutputSchemas, file_metadata
+from embedding.sink import WriteSettings
 from embedding.sources import SourceSettings
-from embedding.stages import DecodeSettings, ReadSettings
+from embedding.stages import ReadSettings
 from embedding.summary import build_summary, new_run_id, package_versions, save_config, save_summary
 from embedding.text import TextLimits
+from embedding.video import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +165,7 @@ def _settings(job: Prepared, run_id: str, partition: Partition, gpus: float) -> 
         kind=job.kind,
         version=cfg.model.version,
         read=read,
-        decode=DecodeSettings(source, job.prep, ImageLimits.from_config(cfg)),
+        decode=MediaSettings(source, job.prep, ImageLimits.from_config(cfg), VideoSettings.from_config(cfg)),
         text_limits=TextLimits(limits.min_text_words, limits.max_text_words),
         write=write,
         num_gpus_per_actor=gpus,

@@ -2,6 +2,7 @@
 
     <root>/embeddings/model_version=<v>/part-<unit>.parquet          (text: text_embeddings/)
     <root>/errors/model_version=<v>/part-<unit>.parquet              (text: text_errors/)
+    <root>/video_frames/model_version=<v>/part-<unit>.parquet        units with video rows: their frames
     <root>/_state/<kind>/model_version=<v>/commits/<unit>.json       commit markers
     <root>/_state/<kind>/model_version=<v>/staging/<unit>/<attempt>/ files being written (by workers)
     <root>/_state/<kind>/model_version=<v>/identity.json             the model that made the vectors
@@ -34,6 +35,9 @@ from embedding.storage import filesystem, list_names, read_json, remove, to_url,
 log = logging.getLogger(__name__)
 
 TABLES = {"image": ("embeddings", "errors"), "text": ("text_embeddings", "text_errors")}
+FRAMES_TABLE = (
+    "video_frames"  # image partitions: the frames of video rows (written only when a unit has some)
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,13 @@ class Partition:
 
     @property
     def tables(self) -> tuple[str, str]:
+        """The two tables every unit has."""
         return (self.embeddings_table, self.errors_table)
+
+    @property
+    def all_tables(self) -> tuple[str, ...]:
+        """Every table a unit may have (image units with videos also have their frames)."""
+        return (*self.tables, FRAMES_TABLE) if self.kind == "image" else self.tables
 
     # --- paths (without protocol; used with self.fs) ---
     def table_dir(self, table: str) -> str:
@@ -119,7 +129,7 @@ class Partition:
 
     def _roll_forward(self, unit_id: str, attempt: str, marker: dict[str, Any]) -> None:
         staged = posixpath.join(self.staging_dir(unit_id), attempt)
-        for table in self.tables:
+        for table in self.all_tables:
             source = posixpath.join(staged, f"{table}.parquet")
             if self.fs.exists(source):  # absent when a crash came after this move
                 self.fs.makedirs(self.table_dir(table), exist_ok=True)
@@ -149,7 +159,7 @@ class Partition:
         """Remove committed units: the marker first (readers stop seeing the unit), then its files."""
         for unit_id in unit_ids:
             remove(self.fs, self.marker_path(unit_id))
-            for table in self.tables:
+            for table in self.all_tables:
                 remove(self.fs, self.part_path(table, unit_id))
 
     def remove_orphans(self) -> int:
@@ -160,7 +170,7 @@ class Partition:
         committed = set(self.markers())
         removed = 0
         commits = posixpath.join(self.state_dir, "commits")
-        for folder in (*(self.table_dir(t) for t in self.tables), commits):
+        for folder in (*(self.table_dir(t) for t in self.all_tables), commits):
             for name in list_names(self.fs, folder):
                 unit_id = name.removeprefix("part-").removesuffix(".parquet")
                 temporary = name.startswith(".") and name.endswith(".tmp")  # an atomic write cut short

@@ -67,7 +67,7 @@ def _finish(target: Partition, shadow: Partition) -> None:
             fs.mv(source, dest)
             faults.point("swap.after_move")
     keep = set(listed)
-    folders = [*(target.table_dir(t) for t in target.tables), posixpath.join(target.state_dir, "commits")]
+    folders = [*(target.table_dir(t) for t in target.all_tables), posixpath.join(target.state_dir, "commits")]
     for folder in folders:
         for name in list_names(fs, folder):
             path = posixpath.join(folder, name)

@@ -24,11 +24,13 @@ from typing import Any
 
 from embedding.commit import Committer
 from embedding.config import Config
+from embedding.decoding import check_texts, decode_images
 from embedding.encoder import ImageEncodeStage, TextEncodeStage
 from embedding.errors import ConfigError
+from embedding.media import MediaSettings
 from embedding.plan import Plan, ReadTask, UnitTask
 from embedding.sink import WriteSettings, finalize_unit, write_units
-from embedding.stages import DecodeSettings, ReadSettings, check_texts, decode_images, read_units
+from embedding.stages import ReadSettings, read_units
 from embedding.text import TextLimits
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class StageSettings:
     kind: str
     version: str
     read: ReadSettings
-    decode: DecodeSettings | None  # images
+    decode: MediaSettings | None  # images
     text_limits: TextLimits | None  # texts
     write: WriteSettings
     num_gpus_per_actor: float

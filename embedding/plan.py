@@ -228,10 +228,11 @@ def _plan_rows(
             _where(m),
             m["rows_embedded"],
             m["rows_failed"],
+            m.body.get("rows_frames", 0),
         )
         for m in markers.values()
     ]
-    planned = sum(u.num_rows for u in new_units) + sum(c.embedded + c.failed for c in held)
+    planned = sum(u.num_rows for u in new_units) + sum(c.embedded + c.failed + c.frames for c in held)
     n = max(1, math.ceil(planned / ROWS_PER_BUCKET))
     index = {f.uri: i for i, f in enumerate(plan.files)}
     manifest_parts, committed_parts = [], []
@@ -252,7 +253,7 @@ def _plan_rows(
                 num_returns=n,
             )
             manifest_parts.append(_as_list(parts, n))
-    for group in _chunks(held, lambda c: c.embedded + c.failed, ROWS_PER_TASK):
+    for group in _chunks(held, lambda c: c.embedded + c.failed + c.frames, ROWS_PER_TASK):
         args = (partition.root, partition.storage_options, partition.tables, partition.version, group, n)
         committed_parts.append(_as_list(tasks.submit(fates.committed_part, *args, num_returns=n), n))
     uris = [f.uri for f in plan.files]

@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from embedding.outputs import Partition
+from embedding.outputs import FRAMES_TABLE, Partition
 from embedding.redact import strip_userinfo
-from embedding.rows import METRIC_PREFIX, embedding_type, unpack
+from embedding.rows import METRIC_PREFIX, unpack
+from embedding.schemas import OutputSchemas, conform, model_version_column
 
 STAGES = ("decode", "encode")
 RESULT = pa.schema(
@@ -34,7 +34,9 @@ RESULT = pa.schema(
         ("rows", pa.int64()),
         ("first_row", pa.int64()),
         ("last_row", pa.int64()),
-        ("embedded", pa.int64()),  # rows embedded in this run (adopted and kept rows not counted)
+        ("embedded", pa.int64()),  # image rows embedded in this run (adopted and kept rows not counted)
+        ("videos", pa.int64()),  # video rows embedded in this run
+        ("frames", pa.int64()),  # and their frames
         ("adopted", pa.int64()),
         ("retried", pa.int64()),
         ("failed_by_code", pa.string()),  # JSON: this run's failed rows by code
@@ -44,52 +46,6 @@ RESULT = pa.schema(
         ("write_s", pa.float64()),
     ]
 )
-
-
-@dataclass(frozen=True)
-class OutputSchemas:
-    """The two tables of one partition; `file_metadata` goes into every Parquet file's schema metadata."""
-
-    kind: str  # image | text
-    dim: int
-    dtype: str  # float32 | float16
-    carried: list[pa.Field]
-    file_metadata: dict[str, str]
-
-    @property
-    def id_column(self) -> str:
-        return "image_id" if self.kind == "image" else "text_id"
-
-    def embeddings(self) -> pa.Schema:
-        fields = [
-            pa.field(self.id_column, pa.string()),
-            pa.field("embedding", embedding_type(self.dim, self.dtype)),
-            pa.field("model_version", pa.dictionary(pa.int32(), pa.string())),
-        ]
-        if self.kind == "image":
-            fields += [
-                pa.field("uri", pa.string()),
-                pa.field("width", pa.int32()),
-                pa.field("height", pa.int32()),
-                pa.field("content_sha256", pa.string()),
-            ]
-        else:
-            fields.append(pa.field("text", pa.string()))
-        return pa.schema(fields + self.carried, metadata=self.file_metadata)
-
-    def errors(self) -> pa.Schema:
-        where = pa.field("uri", pa.string()) if self.kind == "image" else pa.field("text", pa.string())
-        fields = [
-            pa.field(self.id_column, pa.string()),
-            where,
-            pa.field("error_code", pa.string()),
-            pa.field("error_message", pa.string()),
-            pa.field("stage", pa.string()),
-            pa.field("attempts", pa.int32()),
-            pa.field("source_file", pa.string()),
-            pa.field("row_index", pa.int64()),
-        ]
-        return pa.schema(fields, metadata=self.file_metadata)
 
 
 @dataclass(frozen=True)
@@ -104,23 +60,29 @@ class WriteSettings:
         return Partition(self.root, self.schemas.kind, self.version, self.storage_options)
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Select and cast columns into an output schema (metadata included); absent columns are null."""
-    columns = [
-        table.column(f.name).cast(f.type)
-        if f.name in table.column_names
-        else pa.nulls(table.num_rows, f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
+def _collapse_videos(rows: pa.Table) -> pa.Table:
+    """A video row's outcome is one: all its frames, or one error row (its first failed frame's error)."""
+    if "frame_index" not in rows.column_names:
+        return rows
+    framed = pc.is_valid(rows.column("frame_index"))
+    broken = rows.filter(pc.and_(framed, pc.is_valid(rows.column("error_code"))))
+    if broken.num_rows == 0:
+        return rows
+    videos = pc.unique(broken.column("row_index"))
+    doomed = pc.and_(framed, pc.is_in(rows.column("row_index"), videos))
+    first = broken.group_by("row_index", use_threads=False).aggregate([("frame_index", "min")])
+    errors = broken.join(
+        first, keys=["row_index", "frame_index"], right_keys=["row_index", "frame_index_min"]
+    )
+    errors = errors.set_column(
+        errors.schema.get_field_index("frame_index"), "frame_index", pa.nulls(errors.num_rows, pa.int32())
+    )
+    return pa.concat_tables([rows.filter(pc.invert(doomed)), errors.select(rows.column_names)])
 
 
-def _model_version(n: int, version: str) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([version]))
-
-
-def assemble(rows: pa.Table, settings: WriteSettings) -> tuple[pa.Table, pa.Table]:
-    """A whole unit's stream rows -> its two tables, with adopted rows and (retried units) kept rows."""
+def assemble(rows: pa.Table, settings: WriteSettings) -> dict[str, pa.Table]:
+    """A whole unit's stream rows -> its tables (table name -> rows), with adopted rows and, for a unit
+    whose errors are retried, its kept rows. Frames are written only when the unit has some."""
     schemas, partition = settings.schemas, settings.partition()
     rows = rows.rename_columns([schemas.id_column if n == "id" else n for n in rows.column_names])
     if "uri" in rows.column_names:  # credentials in a URI never reach the outputs
@@ -129,27 +91,60 @@ def assemble(rows: pa.Table, settings: WriteSettings) -> tuple[pa.Table, pa.Tabl
     failed = pc.is_valid(rows.column("error_code"))
     adopted = pc.and_(pc.invert(failed), pc.is_valid(rows.column("adopt_from")))
     good = rows.filter(pc.invert(pc.or_(failed, adopted)))
-    good = good.append_column("model_version", _model_version(good.num_rows, settings.version))
-    embeddings = [_conform(good, schemas.embeddings())]
-    errors = [_conform(rows.filter(failed), schemas.errors())]
+    good = good.append_column("model_version", model_version_column(good.num_rows, settings.version))
+    framed = pc.is_valid(good.column("frame_index")) if "frame_index" in good.column_names else None
+    images = good.filter(pc.invert(framed)) if framed is not None else good
+    out: dict[str, list[pa.Table]] = {
+        partition.embeddings_table: [conform(images, schemas.embeddings())],
+        partition.errors_table: [conform(rows.filter(failed), schemas.errors())],
+        FRAMES_TABLE: [],
+    }
+    if framed is not None:
+        frames = good.filter(framed).rename_columns(
+            ["video_id" if n == schemas.id_column else n for n in good.column_names]
+        )
+        out[FRAMES_TABLE].append(conform(frames, schemas.video_frames()))
     taken = rows.filter(adopted)
     for source in pc.unique(taken.column("adopt_from")).to_pylist():
         ids = taken.filter(pc.equal(taken.column("adopt_from"), source)).column(schemas.id_column)
-        old = _read_part(partition, partition.embeddings_table, source)
-        old = old.filter(pc.is_in(old.column(schemas.id_column), ids))
-        embeddings.append(_conform(old, schemas.embeddings()))
+        for table, key, schema in _kept_tables(partition, schemas):
+            old = _read_part(partition, table, source)
+            if old is not None:
+                out[table].append(conform(old.filter(pc.is_in(old.column(key), ids)), schema))
     if rows.num_rows and rows.column("unit_mode")[0].as_py() == "retry":
         unit_id = rows.column("unit_id")[0].as_py()
-        old_emb = _read_part(partition, partition.embeddings_table, unit_id)
-        old_err = _read_part(partition, partition.errors_table, unit_id)
-        redone = pc.is_in(old_err.column("row_index"), rows.column("row_index"))
-        embeddings.insert(0, _conform(old_emb, schemas.embeddings()))
-        errors.insert(0, _conform(old_err.filter(pc.invert(redone)), schemas.errors()))
-    return pa.concat_tables(embeddings), pa.concat_tables(errors).sort_by("row_index")
+        for table, _, schema in _kept_tables(partition, schemas):
+            old = _read_part(partition, table, unit_id)
+            if old is not None and table == partition.errors_table:
+                old = old.filter(pc.invert(pc.is_in(old.column("row_index"), rows.column("row_index"))))
+            if old is not None:
+                out[table].insert(0, conform(old, schema))
+    tables = {name: pa.concat_tables(parts) for name, parts in out.items() if parts}
+    tables[partition.errors_table] = tables[partition.errors_table].sort_by("row_index")
+    if FRAMES_TABLE in tables and tables[FRAMES_TABLE].num_rows == 0:
+        del tables[FRAMES_TABLE]
+    return tables
 
 
-def _read_part(partition: Partition, table: str, unit_id: str) -> pa.Table:
-    return pq.read_table(partition.part_path(table, unit_id), filesystem=partition.fs)
+def _kept_tables(partition: Partition, schemas: OutputSchemas) -> list[tuple[str, str, pa.Schema]]:
+    """(table, its id column, its schema) of the tables whose rows a unit can keep or adopt."""
+    out = [
+        (partition.embeddings_table, schemas.id_column, schemas.embeddings()),
+        (partition.errors_table, schemas.id_column, schemas.errors()),
+    ]
+    if partition.kind == "image":
+        out.append((FRAMES_TABLE, "video_id", schemas.video_frames()))
+    return out
+
+
+def _read_part(partition: Partition, table: str, unit_id: str) -> pa.Table | None:
+    """A committed unit's file of one table; None when the unit has none (frames are optional)."""
+    try:
+        return pq.read_table(partition.part_path(table, unit_id), filesystem=partition.fs)
+    except FileNotFoundError:
+        if table == FRAMES_TABLE:
+            return None
+        raise
 
 
 def _metrics(rows: pa.Table) -> dict[str, float]:
@@ -172,39 +167,44 @@ def _metrics(rows: pa.Table) -> dict[str, float]:
 
 
 def _counts(rows: pa.Table) -> dict[str, Any]:
+    """This run's outcomes of a unit's (or piece's) manifest rows; a video row counts once."""
     failed = rows.filter(pc.is_valid(rows.column("error_code")))
     by_code = {c["values"]: c["counts"] for c in pc.value_counts(failed.column("error_code")).to_pylist()}
-    adopted = rows.num_rows - failed.num_rows - len(pending(rows))
-    retried = rows.num_rows if rows.num_rows and rows.column("unit_mode")[0].as_py() == "retry" else 0
+    done = rows.filter(pc.is_null(rows.column("error_code")))
+    adopted = done.filter(pc.is_valid(done.column("adopt_from")))
+    computed = done.filter(pc.is_null(done.column("adopt_from")))
+    framed = (
+        computed.filter(pc.is_valid(computed.column("frame_index")))
+        if "frame_index" in computed.column_names
+        else computed.slice(0, 0)
+    )
+    distinct = pc.count_distinct(rows.column("row_index")).as_py() if rows.num_rows else 0
+    retried = distinct if rows.num_rows and rows.column("unit_mode")[0].as_py() == "retry" else 0
     return {
-        "embedded": rows.num_rows - failed.num_rows - adopted,
-        "adopted": adopted,
+        "embedded": computed.num_rows - framed.num_rows,
+        "videos": pc.count_distinct(framed.column("row_index")).as_py() if framed.num_rows else 0,
+        "frames": framed.num_rows,
+        "adopted": pc.count_distinct(adopted.column("row_index")).as_py() if adopted.num_rows else 0,
         "retried": retried,
         "failed_by_code": json.dumps(by_code, sort_keys=True),
     }
 
 
-def pending(rows: pa.Table) -> np.ndarray:
-    todo = pc.and_(pc.is_null(rows.column("error_code")), pc.is_null(rows.column("adopt_from")))
-    return np.flatnonzero(todo.to_numpy(zero_copy_only=False))
-
-
 def _stage_whole(
     rows: pa.Table, settings: WriteSettings, started: float, base: dict[str, Any]
 ) -> dict[str, Any]:
-    embeddings, errors = assemble(rows, settings)
+    tables = assemble(rows, settings)
     partition = settings.partition()
     attempt = "whole-" + secrets.token_hex(6)
-    partition.write_staged(
-        rows.column("unit_id")[0].as_py(),
-        attempt,
-        {partition.embeddings_table: embeddings, partition.errors_table: errors},
-        settings.compression,
-    )
+    partition.write_staged(rows.column("unit_id")[0].as_py(), attempt, tables, settings.compression)
+    errors = tables[partition.errors_table]
+    frames = tables.get(FRAMES_TABLE)
     codes = pc.value_counts(errors.column("error_code")).to_pylist() if errors.num_rows else []
     marker = {
-        "rows_embedded": embeddings.num_rows,
+        "rows_embedded": tables[partition.embeddings_table].num_rows,
         "rows_failed": errors.num_rows,
+        "rows_frames": frames.num_rows if frames is not None else 0,
+        "videos": pc.count_distinct(frames.column("video_id")).as_py() if frames is not None else 0,
         "errors_by_code": {c["values"]: c["counts"] for c in codes},
     }
     return {
@@ -224,17 +224,17 @@ def write_units(batch: pa.Table, settings: WriteSettings) -> pa.Table:
             continue
         started = time.time()
         unit_id = table.column("unit_id")[0].as_py()
-        rows = table.sort_by("row_index")
+        rows = _collapse_videos(table).sort_by("row_index")
         index = rows.column("row_index")
         base = {
             "unit_id": unit_id,
-            "rows": rows.num_rows,
+            "rows": pc.count_distinct(index).as_py(),  # manifest rows: a video's frames share one
             "first_row": pc.min(index).as_py(),
             "last_row": pc.max(index).as_py(),
             **_counts(rows),
             **_metrics(rows),
         }
-        if rows.num_rows == rows.column("unit_rows")[0].as_py():
+        if base["rows"] == rows.column("unit_rows")[0].as_py():
             out.append(_stage_whole(rows, settings, started, base))
             continue
         attempt = f"piece-{base['first_row']}-{secrets.token_hex(6)}"
@@ -259,7 +259,7 @@ def finalize_unit(unit_id: str, pieces: list[str], crashed: pa.Table | None, set
     rows = pa.concat_tables(parts, promote_options="default").sort_by("row_index")
     base = {
         "unit_id": unit_id,
-        "rows": rows.num_rows,
+        "rows": pc.count_distinct(rows.column("row_index")).as_py(),
         "first_row": pc.min(rows.column("row_index")).as_py(),
         "last_row": pc.max(rows.column("row_index")).as_py(),
         **(_counts(crashed) if crashed is not None and crashed.num_rows else _zero_counts()),
@@ -271,9 +271,4 @@ def finalize_unit(unit_id: str, pieces: list[str], crashed: pa.Table | None, set
 
 
 def _zero_counts() -> dict[str, Any]:
-    return {"embedded": 0, "adopted": 0, "retried": 0, "failed_by_code": "{}"}
-
-
-def file_metadata(values: dict[str, Any]) -> dict[str, str]:
-    """Parquet key-value metadata: strings as they are, everything else as JSON."""
-    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in values.items()}
+    return {"embedded": 0, "videos": 0, "frames": 0, "adopted": 0, "retried": 0, "failed_by_code": "{}"}

@@ -1,6 +1,6 @@
-"""The bodies of the pipeline's CPU stages: reading units of the manifest, and fetching, validating, decoding
-and resizing their images (or validating their texts). Plain functions of Arrow tables: the Ray Data plan in
-embedding.pipeline runs them in tasks, and tests call them directly.
+"""The read stage of the pipeline: the rows of the units to write, with their fates, from the manifest.
+Plain functions of Arrow tables: the Ray Data plan in embedding.pipeline runs them in tasks, and tests call
+them directly (embedding.decoding is the next stage).
 
 A read task reads each row group it needs once and emits one packed row per unit (embedding.rows.pack), so
 every unit travels as one block and is decoded by a task of its own on whichever CPU is free.
@@ -8,10 +8,7 @@ every unit travels as one block and is decoded by a task of its own on whichever
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import hashlib
 import posixpath
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,15 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding import fates
+from embedding.config import Config
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.images import ImageLimits, Preprocess, decode, decode_alone
 from embedding.manifest import IMAGE_ID, TEXT_ID, open_parquet
 from embedding.outputs import Partition
 from embedding.plan import ReadTask, UnitTask, retryable
 from embedding.redact import strip_userinfo
-from embedding.rows import append_columns, fail_rows, pack, pending_rows, pixels_array, timing_columns, unpack
-from embedding.sources import SourceSettings, check_inline, check_size, fetch, resolve_uri
-from embedding.text import TextLimits, validate_text
+from embedding.rows import pack
+from embedding.sources import SourceSettings, check_inline, resolve_uri
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,7 @@ class ReadSettings:
     output_options: dict
     version: str
     retry_errors: bool
-    source: SourceSettings | None = None  # images: the policy of what a manifest may name
+    source: SourceSettings | None = None  # images: what a manifest may name (None: the default policy)
 
 
 def _columns(settings: ReadSettings) -> tuple[str, list[str]]:
@@ -169,7 +165,7 @@ def _resolve_uris(rows: pa.Table, task: ReadTask, settings: ReadSettings) -> tup
     row, with the rule that refused them); rows with inline bytes obey the policy's `inline` scheme."""
     n = rows.num_rows
     folder = posixpath.dirname(task.file_uri)
-    source = settings.source.for_manifest(folder)
+    source = (settings.source or SourceSettings.from_config(Config())).for_manifest(folder)
     raw = rows.column("uri").to_pylist() if settings.has_uri else [None] * n
     inline = rows.column("image").is_valid().to_pylist() if settings.has_inline else [False] * n
     uris: list[str | None] = [None] * n
@@ -204,111 +200,3 @@ def _resolve(buckets: list) -> list[pa.Table]:
 
         return ray.get(list(buckets))
     return list(buckets)
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    source: SourceSettings
-    prep: Preprocess
-    limits: ImageLimits
-
-
-def _fetch_row(
-    uri: str | None, inline: bytes | None, settings: DecodeSettings, row: int
-) -> tuple[bytes, int]:
-    """The bytes of one row and the fetch attempts made. Raises EmbeddingError."""
-    if inline is not None:  # the read stage checked the policy's `inline` scheme
-        check_size(len(inline), settings.source.max_bytes, f"inline image of row {row}")
-        return inline, 0
-    if not uri:
-        raise EmbeddingError(
-            ErrorCode.INVALID_MANIFEST_ROW, "the row has neither a uri nor inline image bytes"
-        )
-    return fetch(uri, settings.source)
-
-
-def decode_images(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
-    """Ray Data stage: packed units in, the same units with their pixels (or error rows) out."""
-    return pack([decode_rows(rows, settings) for rows in unpack(batch)])
-
-
-def decode_rows(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
-    """Fetch every pending row (threads: I/O bound) and decode each as it arrives (this task's one CPU).
-
-    Failures become error rows with the stage that failed (fetch or decode) and the attempts made.
-    """
-    started = time.time()
-    n = batch.num_rows
-    pending = pending_rows(batch)
-    uris = batch.column("uri").to_pylist()
-    inline = batch.column("image").to_pylist() if "image" in batch.column_names else [None] * n
-    rows = batch.column("row_index").to_pylist()
-    pixels: list[np.ndarray | None] = [None] * n
-    width, height, sha = [None] * n, [None] * n, [None] * n
-    attempts = [a or 0 for a in batch.column("attempts").to_pylist()]
-    failed: dict[str, dict[int, tuple[ErrorCode, str]]] = {"fetch": {}, "decode": {}}
-    threads = max(1, min(settings.source.fetch.threads, len(pending)))
-    exhausted: dict[int, bytes] = {}  # rows that ran out of memory: retried alone, after the others
-
-    def keep(i: int, data: bytes, alone: bool) -> None:
-        try:
-            decoded = (decode_alone if alone else decode)(data, settings.prep, settings.limits)
-        except EmbeddingError as exc:
-            if exc.code == ErrorCode.RESOURCE_EXHAUSTED and not alone:
-                exhausted[i] = data
-            else:
-                failed["decode"][i] = (exc.code, exc.message)
-            return
-        pixels[i], width[i], height[i] = decoded.pixels, decoded.width, decoded.height
-        sha[i] = hashlib.sha256(data).hexdigest()
-
-    with cf.ThreadPoolExecutor(threads) as pool:
-        futures = {pool.submit(_fetch_row, uris[i], inline[i], settings, rows[i]): i for i in pending}
-        for future in cf.as_completed(futures):
-            i = futures[future]
-            try:
-                data, tries = future.result()
-            except EmbeddingError as exc:
-                failed["fetch"][i] = (exc.code, exc.message)
-                attempts[i] += exc.attempts
-                continue
-            attempts[i] += tries
-            keep(i, data, alone=False)
-    for i in list(exhausted):
-        keep(i, exhausted.pop(i), alone=True)
-    for stage, errors in failed.items():
-        batch = fail_rows(batch, errors, stage)
-    if "image" in batch.column_names:
-        batch = batch.drop_columns(["image"])
-    batch = batch.set_column(
-        batch.schema.get_field_index("attempts"), "attempts", pa.array(attempts, pa.int32())
-    )
-    return append_columns(
-        batch,
-        {
-            "width": pa.array(width, pa.int32()),
-            "height": pa.array(height, pa.int32()),
-            "content_sha256": pa.array(sha, pa.string()),
-            "pixels": pixels_array(pixels, settings.prep.size),
-            **timing_columns("decode", n, started, time.time()),
-        },
-    )
-
-
-def check_texts(batch: pa.Table, limits: TextLimits) -> pa.Table:
-    """Ray Data stage: packed units of texts in, the same with InvalidText error rows out."""
-    return pack([check_text_rows(rows, limits) for rows in unpack(batch)])
-
-
-def check_text_rows(batch: pa.Table, limits: TextLimits) -> pa.Table:
-    """Validate every pending text against the word limits; failures become InvalidText error rows."""
-    started = time.time()
-    texts = batch.column("text").to_pylist()
-    errors = {}
-    for i in pending_rows(batch):
-        try:
-            validate_text(texts[i], limits)
-        except EmbeddingError as exc:
-            errors[i] = (exc.code, exc.message)
-    batch = fail_rows(batch, errors, "validate")
-    return append_columns(batch, timing_columns("decode", batch.num_rows, started, time.time()))

@@ -70,9 +70,11 @@ def build_summary(
 ) -> dict[str, Any]:
     wall = time.time() - started
     failed = sum(totals.failed_by_code.values())
-    processed = totals.embedded + failed
+    processed = totals.embedded + totals.videos + failed
     encode = _stage(totals, "encode")
     encode["wait_s"] = round(totals.encode_wait_s, 3)
+    if totals.frames:  # a video's frames are rows of the stages: frames/s says how fast video goes
+        encode["frames_per_s"] = round(totals.frames / encode["wall_s"], 2) if encode["wall_s"] else 0.0
     return {
         "run_id": run_id,
         "model_version": cfg.model.version,
@@ -88,6 +90,8 @@ def build_summary(
             "adopted": totals.adopted,
             "skipped_done": counts.skipped_done + counts.retry_planned - totals.retried,
             "embedded": totals.embedded,
+            "videos": totals.videos,
+            "frames": totals.frames,
             "failed": failed,
             "failed_by_code": dict(sorted(totals.failed_by_code.items())),
         },

@@ -18,7 +18,8 @@ from embedding.manifest import find_files, plan_units
 from embedding.outputs import Partition
 from embedding.plan import Plan, make_plan
 from embedding.rows import embedding_type, pack
-from embedding.sink import OutputSchemas, WriteSettings, file_metadata, finalize_unit, write_units
+from embedding.schemas import OutputSchemas, file_metadata
+from embedding.sink import WriteSettings, finalize_unit, write_units
 from embedding.stages import ReadSettings, unit_rows
 from tests.test_plan import manifest
 

@@ -35,7 +35,7 @@ from embedding.index.store import (
 )
 from embedding.lease import Lease
 from embedding.models import get_version
-from embedding.outputs import Partition
+from embedding.outputs import FRAMES_TABLE, Partition
 from embedding.storage import filesystem
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,17 @@ def _train_sample(
     return vectors
 
 
+def _indexed_rows(table: pa.Table) -> pa.Table:
+    """Rows of an embeddings or a video frames file, alike: a frame is held under its video's id, with its
+    time and index (null for images), so one search ranks frames beside images."""
+    if "video_id" in table.column_names:
+        return table.rename_columns(["image_id" if n == "video_id" else n for n in table.column_names])
+    n = table.num_rows
+    return table.append_column("frame_time_s", pa.nulls(n, pa.float64())).append_column(
+        "frame_index", pa.nulls(n, pa.int32())
+    )
+
+
 def fill_shard(
     trained: bytes,
     files: list[str],
@@ -105,7 +116,9 @@ def fill_shard(
     """Add one shard's vectors to a copy of the trained index and write its three files."""
     faiss.omp_set_num_threads(threads)
     fs, _ = filesystem(root, storage_options)
-    table = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in files], promote_options="default")
+    table = pa.concat_tables(
+        [_indexed_rows(pq.read_table(p, filesystem=fs)) for p in files], promote_options="default"
+    )
     vectors = read_vectors(table)
     index = faiss.deserialize_index(trained)
     index.add(vectors)
@@ -159,9 +172,16 @@ def _build(cfg: Config, partition: Partition, force: bool) -> IndexManifest:
         )
     identity = partition.identity() or {}
     check_same(identity, identity_for(cfg), f"output {root} (model version '{version}')")
-    units = sorted(u for u, m in markers.items() if m["rows_embedded"] > 0)
-    files = [partition.part_path("embeddings", u) for u in units]
-    rows = [markers[u]["rows_embedded"] for u in units]
+    files, rows = [], []
+    for unit_id, marker in sorted(markers.items()):
+        for table, count in (
+            ("embeddings", marker["rows_embedded"]),
+            (FRAMES_TABLE, marker.body.get("rows_frames", 0)),
+        ):
+            if count:
+                files.append(partition.part_path(table, unit_id))
+                rows.append(count)
+    units = sorted({posixpath.basename(f).removeprefix("part-").removesuffix(".parquet") for f in files})
     if not files:
         raise ConfigError(f"model version '{version}' under {root} has no embedded rows to index")
     folder = index_dir(root, version)
@@ -203,9 +223,7 @@ def _build(cfg: Config, partition: Partition, force: bool) -> IndexManifest:
         rerank_dtype=cfg.index.rerank_dtype,
         nprobe=cfg.index.nprobe,
         ef_search=cfg.index.ef_search,
-        metadata_columns=[
-            c for c in pq.read_schema(files[0], filesystem=partition.fs).names if c not in FIXED
-        ],
+        metadata_columns=_metadata_columns(partition, files),
         sources=[posixpath.relpath(f, partition.base) for f in files],
         units=digests,
         identity=identity,
@@ -219,6 +237,16 @@ def _build(cfg: Config, partition: Partition, force: bool) -> IndexManifest:
     write_manifest(folder, manifest, options)  # the switch: readers now load the new build
     _remove_old_builds(folder, build_folder, options)
     return manifest
+
+
+def _metadata_columns(partition: Partition, files: list[str]) -> list[str]:
+    """The columns a result carries besides its id and scores (from an images and a frames file)."""
+    names: list[str] = []
+    for path in [next((f for f in files if f"/{t}/" in f), None) for t in ("embeddings", FRAMES_TABLE)]:
+        if path:
+            schema = _indexed_rows(pq.read_schema(path, filesystem=partition.fs).empty_table()).schema
+            names += [c for c in schema.names if c not in FIXED and c not in names]
+    return names
 
 
 def _remove_old_builds(folder: str, keep: str, storage_options: dict) -> None:

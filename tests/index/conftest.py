@@ -11,7 +11,7 @@ import pytest
 from embedding.config import Config, load_config
 from embedding.outputs import Partition
 from embedding.rows import embedding_type
-from embedding.sink import OutputSchemas, file_metadata
+from embedding.schemas import OutputSchemas, file_metadata
 
 
 def clustered(n: int, dim: int, seed: int, clusters: int = 50) -> np.ndarray:

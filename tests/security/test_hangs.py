@@ -169,8 +169,10 @@ def test_the_pipelines_decode_loop_with_a_stuck_read_returns(stuck_reads: list[s
     The hang of the issue lived here: leaving the pools waited for the abandoned read."""
     import pyarrow as pa
 
+    from embedding.decoding import decode_rows
     from embedding.images import ImageLimits, Preprocess
-    from embedding.stages import DecodeSettings, decode_rows
+    from embedding.media import MediaSettings
+    from embedding.video import VideoSettings
     from tests import images_factory as f
 
     uris = []
@@ -193,7 +195,7 @@ def test_the_pipelines_decode_loop_with_a_stuck_read_returns(stuck_reads: list[s
     )
     s = settings(timeout=1, retries=1)
     started = time.monotonic()
-    out = decode_rows(batch, DecodeSettings(s, Preprocess(size=(64, 64)), ImageLimits()))
+    out = decode_rows(batch, MediaSettings(s, Preprocess(size=(64, 64)), ImageLimits(), VideoSettings()))
     assert time.monotonic() - started < bound(s)
     codes = out.column("error_code").to_pylist()
     assert codes[7] == ErrorCode.TIMEOUT and out.column("attempts")[7].as_py() == 2
