@@ -77,7 +77,7 @@ def vectorize_text(text: str, cfg: Config | None = None, version: str | None = N
     cfg = cfg or Config()
     validate_text(text, TextLimits(cfg.limits.min_text_words, cfg.limits.max_text_words))
     encoder = encoder_for(cfg, version)
-    return _checked(encoder.encode_texts([text])[0], encoder.version)
+    return checked_vector(encoder.encode_texts([text])[0], encoder.version)
 
 
 def vectorize_image(
@@ -102,7 +102,7 @@ def vectorize_image(
         data, _ = fetch(resolve_uri(os.fspath(image), None, source), source)
     encoder = encoder_for(cfg, version)
     pixels = decode(data, preprocess_for(encoder, cfg), ImageLimits.from_config(cfg)).pixels
-    return _checked(encoder.encode_pixels(pixels[None])[0], encoder.version)
+    return checked_vector(encoder.encode_pixels(pixels[None])[0], encoder.version)
 
 
 def preprocess_for(encoder: Encoder, cfg: Config) -> Preprocess:
@@ -116,7 +116,7 @@ def preprocess_for(encoder: Encoder, cfg: Config) -> Preprocess:
     )
 
 
-def _checked(values: np.ndarray, version: str) -> Vector:
+def checked_vector(values: np.ndarray, version: str) -> Vector:
     if not np.isfinite(values).all():
         raise EmbeddingError(ErrorCode.EMBEDDING_NOT_FINITE, "the model returned NaN or infinity")
     return Vector(values, version)

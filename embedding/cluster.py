@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from embedding.config import RayConfig
+from embedding.config import Config, RayConfig
 
 
 def ray_address(cfg: RayConfig) -> str | None:
@@ -34,3 +34,14 @@ def connect_ray(cfg: RayConfig) -> None:
         object_store_memory=memory * 1024 * 1024 if memory else None,
         include_dashboard=False,
     )
+
+
+def gpus_per_actor(cfg: Config) -> float:
+    """GPUs per encoder actor: the config's, else 1 when the cluster has GPUs (and inference may use them)."""
+    import ray
+
+    if cfg.inference.num_gpus_per_actor is not None:
+        return cfg.inference.num_gpus_per_actor
+    if cfg.inference.device == "cpu":
+        return 0.0
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

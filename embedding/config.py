@@ -334,7 +334,7 @@ def _relative_to(base: Path, tree: dict[str, Any]) -> None:
         out["root"] = fix(out["root"])
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def describe_errors(error: ValidationError, source: str) -> str:
     parts = []
     for item in error.errors():
         path = ".".join(str(p) for p in item["loc"])
@@ -376,7 +376,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(describe_errors(exc, source)) from None
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -68,7 +68,7 @@ class DecodedImage:
     height: int
 
 
-def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: 16-bit scaled down, alpha composited, CMYK and palettes converted."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(image)
@@ -86,7 +86,7 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _resize_plan(width: int, height: int, prep: Preprocess) -> tuple[tuple[int, int], tuple[int, int]]:
+def resize_plan(width: int, height: int, prep: Preprocess) -> tuple[tuple[int, int], tuple[int, int]]:
     """(resized width, height) and the (left, top) of the output window in resized coordinates.
 
     Mirrors torchvision's Resize(int) + CenterCrop, including its int() and round() choices, so the
@@ -121,7 +121,7 @@ def resize_crop(
     """
     out_h, out_w = prep.size
     full_w, full_h = full_size or image.size
-    (new_w, new_h), (left, top) = _resize_plan(full_w, full_h, prep)
+    (new_w, new_h), (left, top) = resize_plan(full_w, full_h, prep)
     sx, sy = full_w / new_w * factor, full_h / new_h * factor
     # The source region that maps onto the output window; resampling only it gives the same pixels
     # as resizing everything and cropping afterwards, with the same filter support.
@@ -148,7 +148,7 @@ def _draft(image: Image.Image, prep: Preprocess) -> float:
     scale = prep.draft_gap * max(
         max(new_w / w, new_h / h)
         for w, h in ((image.width, image.height), (image.height, image.width))
-        for (new_w, new_h), _ in [_resize_plan(w, h, prep)]
+        for (new_w, new_h), _ in [resize_plan(w, h, prep)]
     )
     if scale >= 1:
         return 1.0
@@ -186,7 +186,7 @@ def _load_upright(image: Image.Image, prep: Preprocess, limits: ImageLimits):
         image.load()
     if image.getexif().get(0x0112, 1) != 1:
         image = ImageOps.exif_transpose(image)
-    rgb = _to_rgb(image, prep.alpha_background)
+    rgb = to_rgb(image, prep.alpha_background)
     width, height = _displayed_size(header, rgb.size, factor)
     if abs(rgb.width - width * factor) > 8 or abs(rgb.height - height * factor) > 8:
         # The decoder produced another size than the header said: trust the pixels.

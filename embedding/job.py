@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from embedding import redact
-from embedding.cluster import connect_ray
+from embedding.cluster import connect_ray, gpus_per_actor
 from embedding.commit import Committer
 from embedding.config import Config, ModelVersionSpec
 from embedding.errors import ConfigError
@@ -107,16 +107,6 @@ def prepare(cfg: Config) -> Prepared:
     if cfg.inference.stage_class:
         load_stage_class(cfg.inference.stage_class)
     return Prepared(cfg, spec, kind, files, _carried_fields(cfg, files), prep, identity_for(cfg))
-
-
-def _gpus_per_actor(cfg: Config) -> float:
-    import ray
-
-    if cfg.inference.num_gpus_per_actor is not None:
-        return cfg.inference.num_gpus_per_actor
-    if cfg.inference.device == "cpu":
-        return 0.0
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 def _metadata(job: Prepared, run_id: str) -> dict[str, str]:
@@ -237,7 +227,7 @@ def run(cfg: Config) -> dict[str, Any]:
         rounds = {"first": 0, "isolated": 0, "crashed": 0}
         if plan.todo:
             connect_ray(cfg.ray)
-            settings = _settings(job, run_id, partition, _gpus_per_actor(cfg))
+            settings = _settings(job, run_id, partition, gpus_per_actor(cfg))
             rounds = run_stream(plan, cfg, settings, committer)
         lease.check()
         if committer.todo:

@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from PIL import Image
+
 from embedding import httpget
 from embedding.errors import EmbeddingError, ErrorCode
 from embedding.images import DecodedImage, ImageLimits, Preprocess
 from embedding.redact import strip_userinfo
-from embedding.sources import SourceSettings, check_size, fetch
+from embedding.sources import SourceSettings, check_size, fetch, networks
 from embedding.uripolicy import check_scheme, local_path
 from embedding.video import SNIFF_BYTES, VideoFrames, VideoSettings, sample_frames, sniff_video
 
@@ -118,12 +120,10 @@ def _open_local(path: str, max_bytes: int) -> BinaryIO:
 @contextlib.contextmanager
 def _download(uri: str, scheme: str, settings: MediaSettings, limit: int) -> Iterator[BinaryIO]:
     """An HTTP(S) body in a private temporary file: at most `limit` bytes, under the network rules."""
-    from embedding.sources import _networks
-
     cfg = settings.source.fetch
     policy = httpget.HttpPolicy(
         allowed_schemes=settings.source.allowed_schemes,
-        networks=_networks(settings.source.allowed_networks),
+        networks=networks(settings.source.allowed_networks),
         max_redirects=cfg.max_redirects,
         headers=httpget.header_pairs(settings.source.storage_options.get(scheme)),
     )
@@ -144,3 +144,36 @@ def decode_row(fetched: Fetched, settings: MediaSettings) -> DecodedImage | Vide
         return frames_of(fetched, settings)
     check_size(len(fetched.data), settings.source.max_bytes, "the image")
     return decode(fetched.data, settings.prep, settings.limits)
+
+
+def video_still(fetched: Fetched, settings: MediaSettings, time_s: float) -> Image.Image:
+    """The picture of a video at a time (its first frame at or after it): the source of a thumbnail."""
+    import av
+
+    from embedding.images import check_dimensions
+    from embedding.video import DEMUXERS
+
+    shown = strip_userinfo(fetched.uri) if fetched.uri else "the video"
+    stream_of = contextlib.nullcontext(io.BytesIO(fetched.data)) if fetched.data is not None else None
+    with stream_of or open_stream(fetched.uri, settings) as source:
+        container_name = sniff_video(source.read(SNIFF_BYTES))
+        source.seek(0)
+        if container_name is None:
+            raise EmbeddingError(ErrorCode.INVALID_VIDEO_FORMAT, f"{shown} is not a video")
+        try:
+            probe = {"max_pixels": str(settings.limits.max_side**2)}
+            with av.open(source, format=DEMUXERS[container_name], stream_options=[probe]) as container:
+                if not container.streams.video:
+                    raise EmbeddingError(ErrorCode.INVALID_VIDEO_FORMAT, f"{shown} has no video stream")
+                stream = container.streams.video[0]
+                check_dimensions(stream.codec_context.width, stream.codec_context.height, settings.limits)
+                if time_s > 0 and stream.time_base:
+                    container.seek(int(time_s / stream.time_base), stream=stream, backward=True)
+                for frame in container.decode(stream):
+                    if frame.time is None or frame.time >= time_s - 1e-3:
+                        return frame.to_image()
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # PyAV and FFmpeg raise many types for malformed input
+            raise EmbeddingError(ErrorCode.INVALID_VIDEO_FORMAT, f"cannot decode {shown}: {exc}") from exc
+    raise EmbeddingError(ErrorCode.INVALID_VIDEO_FORMAT, f"{shown} has no frame at {time_s:.1f} s")

@@ -171,7 +171,7 @@ def _read_local(path: str, max_bytes: int) -> bytes:
 
 
 @lru_cache(maxsize=64)
-def _networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+def networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
     return parse_networks(cidrs)
 
 
@@ -182,7 +182,7 @@ def _read_once(uri: str, scheme: str, settings: SourceSettings, attempt: deadlin
     if scheme in ("http", "https"):
         policy = httpget.HttpPolicy(
             allowed_schemes=settings.allowed_schemes,
-            networks=_networks(settings.allowed_networks),
+            networks=networks(settings.allowed_networks),
             max_redirects=cfg.max_redirects,
             headers=httpget.header_pairs(settings.storage_options.get(scheme)),
         )
@@ -215,7 +215,7 @@ def _status(exc: Exception) -> int | None:
     return None
 
 
-def _classify(exc: Exception, shown: str) -> EmbeddingError:
+def classify(exc: Exception, shown: str) -> EmbeddingError:
     """Map a library exception to an error code (Timeout and FetchFailed are the transient ones)."""
     if isinstance(exc, EmbeddingError):
         return exc
@@ -262,7 +262,7 @@ def fetch(uri: str, settings: SourceSettings, pool: cf.Executor | None = None) -
                 name=f"fetch-{scheme}",
             )
         except Exception as exc:  # never BaseException: Ctrl-C and Ray's cancellation propagate
-            error = _classify(exc, shown)
+            error = classify(exc, shown)
             if error.code not in TRANSIENT_CODES or attempts > cfg.retries:
                 error.attempts = attempts
                 raise error from None

@@ -24,7 +24,7 @@ import numpy as np
 
 from embedding.errors import EmbeddingError, ErrorCode
 from embedding.images import ImageLimits, Preprocess, check_dimensions
-from embedding.sources import _classify
+from embedding.sources import classify
 from embedding.video_sampler import FrameSampler
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def sample_frames(
     if guard.error is not None:
         # The source failed (FFmpeg may have taken it for the end of the file): a fetch error, not the
         # video's fault, and worth retrying.
-        raise _classify(guard.error, name) from guard.error
+        raise classify(guard.error, name) from guard.error
     if error is not None:
         raise error
     return frames

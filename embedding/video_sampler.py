@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from embedding.errors import EmbeddingError
-from embedding.images import Preprocess, _resize_plan, resize_crop
+from embedding.images import Preprocess, resize_crop, resize_plan
 
 EPS = 1e-3  # seconds: timestamps are rounded to their time base; a sample time is met within this
 # Read-ahead of at most this much of one GOP; a longer GOP is decoded without skipping its tail.
@@ -54,7 +54,7 @@ def geometry(width: int, height: int, sar: float, rotation: float, prep: Preproc
     full = stored if turn % 2 == 0 else (stored[1], stored[0])
     factor = 1.0
     if prep.draft_gap > 0:
-        (new_w, new_h), _ = _resize_plan(*full, prep)
+        (new_w, new_h), _ = resize_plan(*full, prep)
         scale = prep.draft_gap * max(new_w / full[0], new_h / full[1])
         if scale < 1:
             # Exact on the width; the height rounds to within half a reduced pixel.

@@ -224,7 +224,7 @@ def test_limits_come_from_the_config() -> None:
     "step, target, code",
     [
         ("validate", "open_image", ErrorCode.INVALID_IMAGE_FORMAT),
-        ("decode", "_to_rgb", ErrorCode.INVALID_IMAGE_FORMAT),
+        ("decode", "to_rgb", ErrorCode.INVALID_IMAGE_FORMAT),
         ("resize", "resize_crop", ErrorCode.PREPROCESS_FAILED),
     ],
 )

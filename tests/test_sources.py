@@ -115,7 +115,7 @@ def test_read_failures_get_their_code(planted, error: Exception, code: ErrorCode
 
 
 def test_http_statuses_of_object_stores_get_their_code() -> None:
-    from embedding.sources import _classify
+    from embedding.sources import classify
 
     class StatusError(Exception):
         def __init__(self, status: int) -> None:
@@ -127,11 +127,11 @@ def test_http_statuses_of_object_stores_get_their_code() -> None:
             super().__init__(message)
             self.response = {"Error": {"Code": "403"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
 
-    assert _classify(StatusError(403), "u").code == ErrorCode.ACCESS_DENIED
-    assert _classify(StatusError(401), "u").code == ErrorCode.ACCESS_DENIED
-    assert _classify(StatusError(404), "u").code == ErrorCode.NOT_FOUND
-    assert _classify(StatusError(503), "u").code == ErrorCode.FETCH_FAILED
-    assert _classify(ClientError("An error occurred (403)"), "u").code == ErrorCode.ACCESS_DENIED
+    assert classify(StatusError(403), "u").code == ErrorCode.ACCESS_DENIED
+    assert classify(StatusError(401), "u").code == ErrorCode.ACCESS_DENIED
+    assert classify(StatusError(404), "u").code == ErrorCode.NOT_FOUND
+    assert classify(StatusError(503), "u").code == ErrorCode.FETCH_FAILED
+    assert classify(ClientError("An error occurred (403)"), "u").code == ErrorCode.ACCESS_DENIED
 
 
 def test_ctrl_c_in_a_read_propagates_and_is_not_retried(planted) -> None:

@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve import Application
 
 from embedding.cluster import connect_ray
-from embedding.config import Config, _describe
+from embedding.config import Config, describe_errors
 from embedding.errors import ConfigError
 from embedding.models import check_available, get_version
 from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK
@@ -53,9 +53,9 @@ def served_versions(cfg: Config) -> tuple[list[str], str]:
 def _gpus(cfg: Config) -> float:
     if cfg.service.encoder.num_gpus is not None:
         return cfg.service.encoder.num_gpus
-    from embedding.job import _gpus_per_actor  # the job's rule: the config, else 1 when Ray has GPUs
+    from embedding.cluster import gpus_per_actor  # the job's rule: the config, else 1 when Ray has GPUs
 
-    return _gpus_per_actor(cfg)
+    return gpus_per_actor(cfg)
 
 
 def _encoder_options(cfg: Config, version: str) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def build(args: dict[str, Any]) -> Application:
     try:
         cfg = Config.model_validate(args)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, "(Serve application args)")) from None
+        raise ConfigError(describe_errors(exc, "(Serve application args)")) from None
     return build_app(cfg)
 
 

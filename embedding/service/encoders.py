@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from embedding.api import _checked, encoder_for, preprocess_for
+from embedding.api import checked_vector, encoder_for, preprocess_for
 from embedding.config import Config
 from embedding.errors import EmbeddingError
 from embedding.images import ImageLimits, decode
@@ -69,7 +69,7 @@ class EncoderDeployment:
 
     def _finished(self, values: np.ndarray) -> dict[str, Any]:
         try:
-            return reply(_checked(values, self.version).values)
+            return reply(checked_vector(values, self.version).values)
         except EmbeddingError as exc:
             return reply(error=from_embedding_error(exc))
 

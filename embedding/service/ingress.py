@@ -176,8 +176,8 @@ class Ingress:
         data = await self._fetch(value) if kind == "url" else value
         return await self._call(encoder.image.remote(data))
 
-    async def _record(self, version: str, image_id: str) -> dict[str, Any]:
-        return await self._call(self.searchers[version].record.remote(image_id))
+    async def _record(self, version: str, image_id: str, frame_index: int | None = None) -> dict[str, Any]:
+        return await self._call(self.searchers[version].record.remote(image_id, frame_index))
 
     # -- the hosted API ------------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class Ingress:
             "text": query.value if query.kind == "text" else None,
         }
         if query.kind == "image_id":
-            ask["image_id"] = query.value
+            ask["image_id"], ask["frame_index"] = query.value, query.frame_index
         elif query.kind == "vector":
             ask["vector"], ask["vector_version"] = query.value, query.vector_version
         else:  # embedded with the index's own version, as `embedding search` does
@@ -250,9 +250,13 @@ class Ingress:
 
     @app.get("/retrieval/thumbnails/{image_id:path}")
     async def thumbnail(self, image_id: str, request: Request) -> Response:
+        """A JPEG of an indexed image; of a video, the frame `frameIndex` names (else its first one)."""
         self._authorize(request)
         version = model_version(request.query_params, self.versions, self.default)
-        record = await self._record(version, image_id)
+        frame = request.query_params.get("frameIndex")
+        if frame is not None and not frame.isdigit():
+            raise invalid(INVALID_ARGUMENT, "'frameIndex' must be a whole number")
+        record = await self._record(version, image_id, int(frame) if frame is not None else None)
         data, problem = await asyncio.to_thread(self.thumbnails.get, version, record)
         headers = {"Cache-Control": "private, max-age=3600"}
         if problem:

@@ -29,15 +29,27 @@ from embedding.index.store import index_dir, local_folder, read_manifest
 log = logging.getLogger(__name__)
 
 FACET_VALUES = 100  # the most frequent values of a column offered as filters
-FACET_SKIP = ("image_id", "uri", "caption")  # free text or unique per row: no use as a filter
+FACET_SKIP = (
+    "image_id",
+    "uri",
+    "caption",
+    "frame_time_s",
+    "frame_index",
+)  # free text or unique per row: no use as a filter
 
 
-def find_row(index: Index, image_id: str) -> Candidate | None:
-    """Where an image id is in the index (its shard and row), or None."""
+def find_row(index: Index, image_id: str, frame_index: int | None = None) -> Candidate | None:
+    """Where an image id is in the index (its shard and row), or None. A video's id names its frames:
+    `frame_index` picks one (else its first frame in the index)."""
     for number, shard in enumerate(index.shards):
-        row = pc.index(shard.meta.column("image_id"), pa.scalar(image_id, pa.string())).as_py()
-        if row is not None and row >= 0:
-            return Candidate(cosine=1.0, shard=number, row=row)
+        hits = pc.equal(shard.meta.column("image_id"), pa.scalar(image_id, pa.string()))
+        if frame_index is not None and "frame_index" in shard.meta.column_names:
+            hits = pc.and_(
+                hits, pc.equal(shard.meta.column("frame_index"), pa.scalar(frame_index, pa.int32()))
+            )
+        rows = np.flatnonzero(pc.fill_null(hits, False).to_numpy(zero_copy_only=False))
+        if len(rows):
+            return Candidate(cosine=1.0, shard=number, row=int(rows[0]))
     return None
 
 

@@ -4,7 +4,8 @@
     {"url": "https://..."}                        an image by URL (http, https, s3 or gs)
     {"image": "<base64>"}                         an image's bytes
     {"vector": [...], "modelVersion": "<v>"}      a ready vector and the version that made it
-    {"imageId": "<id>"}                           an indexed image's stored vector ("more like this")
+    {"imageId": "<id>"}                           an indexed image's stored vector ("more like this");
+                                                  a video's: with "frameIndex", that frame's
   with optional "top" (default search.top), "skip" (for pages), "filters" ({"column": "value"}: a list
   column matches when it contains the value) and "relevanceWeight" (default search.relevance_weight).
 
@@ -26,7 +27,7 @@ from embedding.service.wire import INVALID_ARGUMENT, from_embedding_error, inval
 from embedding.sources import check_size
 
 QUERY_KINDS = {"text": "text", "url": "url", "image": "image", "vector": "vector", "imageId": "image_id"}
-OPTIONS = {"top", "skip", "filters", "relevanceWeight", "modelVersion"}
+OPTIONS = {"top", "skip", "filters", "relevanceWeight", "modelVersion", "frameIndex"}
 
 
 @dataclass
@@ -39,6 +40,7 @@ class SearchRequest:
     filters: dict[str, str] = field(default_factory=dict)
     weight: float | None = None
     vector_version: str | None = None
+    frame_index: int | None = None  # with image_id: one frame of a video
 
 
 def _integer(payload: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -128,4 +130,5 @@ def parse_search(
         filters=_filters(payload.get("filters")),
         weight=_weight(payload.get("relevanceWeight")),
         vector_version=vector_version,
+        frame_index=_integer(payload, "frameIndex", None, 0, 1 << 30) if "frameIndex" in payload else None,
     )

@@ -64,7 +64,7 @@ class SearchDeployment:
     def _search(self, query: dict[str, Any]) -> dict[str, Any]:
         index = self._index()
         if query.get("image_id") is not None:
-            where = find_row(index, query["image_id"])
+            where = find_row(index, query["image_id"], query.get("frame_index"))
             if where is None:
                 raise _missing(IMAGE_NOT_FOUND, f"image '{query['image_id']}' is not in the index")
             vector = Vector(stored_vector(index, where), self.version)
@@ -87,12 +87,12 @@ class SearchDeployment:
             "results": [camel_hit(hit.to_dict()) for hit in hits[skip:]],
         }
 
-    async def record(self, image_id: str) -> dict[str, Any]:
-        """An indexed image's metadata (`image_id`, `uri`, carried columns): the only images the service
-        fetches for thumbnails are these."""
+    async def record(self, image_id: str, frame_index: int | None = None) -> dict[str, Any]:
+        """An indexed image's metadata (`image_id`, `uri`, carried columns; a video's frame: its time
+        too): the only images the service fetches for thumbnails are these."""
         try:
             index = self._index()
-            where = find_row(index, image_id)
+            where = find_row(index, image_id, frame_index)
             if where is None:
                 raise _missing(IMAGE_NOT_FOUND, f"image '{image_id}' is not in the index")
             return reply(index.metadata(where))

@@ -25,10 +25,12 @@ from PIL import Image, ImageDraw, ImageOps
 from embedding.cache import cache_dir
 from embedding.config import Config
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.images import ImageLimits, _to_rgb, open_image
+from embedding.images import ImageLimits, Preprocess, open_image, to_rgb
 from embedding.manifest import IMAGE_ID, find_files, open_parquet
+from embedding.media import MediaSettings, fetch_media, video_still
 from embedding.service.security import source_settings
 from embedding.sources import check_size, fetch
+from embedding.video import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def make_thumbnail(data: bytes, size_px: int, limits: ImageLimits) -> bytes:
     try:
         image.draft("RGB", (size_px, size_px))  # JPEG: decode at a reduced scale when it can
         image = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(image, (255, 255, 255))
+        rgb = to_rgb(image, (255, 255, 255))
         rgb.thumbnail((size_px, size_px), Image.Resampling.BICUBIC)
     except Exception as exc:  # truncated data, corrupt streams
         raise EmbeddingError(ErrorCode.INVALID_IMAGE_FORMAT, f"cannot decode image: {exc}") from exc
@@ -121,10 +123,11 @@ class Thumbnails:
         return data
 
     def get(self, version: str, record: dict[str, Any]) -> tuple[bytes, str | None]:
-        """(JPEG bytes, None) for a thumbnail, or (placeholder JPEG, the error code) without a source."""
-        key = hashlib.sha256(
-            "\0".join([version, str(record["image_id"]), str(record.get("uri")), str(self.size_px)]).encode()
-        ).hexdigest()
+        """(JPEG bytes, None) for a thumbnail, or (placeholder JPEG, the error code) without a source. A
+        record of a video's frame (it has `frame_time_s`) gets the picture of the video at that time."""
+        parts = [version, str(record["image_id"]), str(record.get("uri")), str(self.size_px)]
+        parts.append(str(record.get("frame_index")))
+        key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
         path = self.folder / version / key[:2] / f"{key}.jpg"
         try:
             data = path.read_bytes()
@@ -133,12 +136,28 @@ class Thumbnails:
         except FileNotFoundError:
             pass
         try:
-            data = make_thumbnail(self.source(record), self.size_px, self.limits)
+            if record.get("frame_time_s") is not None:
+                data = self._frame(record)
+            else:
+                data = make_thumbnail(self.source(record), self.size_px, self.limits)
         except EmbeddingError as exc:
             log.info("thumbnail of %s: placeholder (%s)", record.get("image_id"), exc)
             return self.placeholder, exc.code.value
         self._store(path, data)
         return data, None
+
+    def _frame(self, record: dict[str, Any]) -> bytes:
+        """A thumbnail of a video at its frame's time, from the indexed row's own uri (or inline bytes)."""
+        settings = MediaSettings(
+            source_settings(self.cfg, "index"), Preprocess(), self.limits, VideoSettings.from_config(self.cfg)
+        )
+        uri = record.get("uri")
+        inline = None if uri else inline_image(self.cfg, str(record["image_id"]))
+        still = video_still(fetch_media(uri, inline, settings), settings, float(record["frame_time_s"]))
+        still.thumbnail((self.size_px, self.size_px), Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        still.convert("RGB").save(out, "JPEG", quality=85)
+        return out.getvalue()
 
     def _store(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

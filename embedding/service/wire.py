@@ -159,7 +159,20 @@ def vector_response(version: str, vector: list[float]) -> dict[str, Any]:
     return {"modelVersion": version, "vector": vector}
 
 
+_CAMEL = {
+    "image_id": "imageId",
+    "metadata_score": "metadataScore",
+    "frame_time_s": "frameTimeS",
+    "frame_index": "frameIndex",
+    "start_s": "startS",
+    "end_s": "endS",
+}
+
+
 def camel_hit(hit: dict[str, Any]) -> dict[str, Any]:
-    """A search result (Hit.to_dict(), as `embedding search --json` prints it) in camelCase JSON."""
-    names = {"image_id": "imageId", "metadata_score": "metadataScore"}
-    return {names.get(key, key): value for key, value in hit.items()}
+    """A search result (Hit.to_dict(), as `embedding search --json` prints it) in camelCase JSON; a video
+    result's `video` (its segment: startS, endS, frameTimeS of the best frame, frameIndex, frames) too."""
+    out = {_CAMEL.get(key, key): value for key, value in hit.items()}
+    if isinstance(out.get("video"), dict):
+        out["video"] = {_CAMEL.get(key, key): value for key, value in out["video"].items()}
+    return out

@@ -123,6 +123,7 @@
     if (query) {
       const name = { text: "q", url: "url", imageId: "like", image: "upload" }[query.kind];
       params.set(name, query.kind === "image" ? query.label : query.value);
+      if (query.kind === "imageId" && query.frame != null) params.set("frame", String(query.frame));
     }
     if (state.version && state.models && state.version !== state.models.defaultVersion) params.set("v", state.version);
     for (const [column, value] of Object.entries(state.filters)) params.set(`f.${column}`, value);
@@ -139,7 +140,11 @@
     else if (state.models) state.version = state.models.defaultVersion;
     if (params.has("q")) return { kind: "text", value: params.get("q"), label: params.get("q") };
     if (params.has("url")) return { kind: "url", value: params.get("url"), label: params.get("url") };
-    if (params.has("like")) return { kind: "imageId", value: params.get("like"), label: params.get("like") };
+    if (params.has("like")) {
+      const frame = params.has("frame") ? Number(params.get("frame")) : null;
+      const label = frame == null ? params.get("like") : `${params.get("like")} (a frame)`;
+      return { kind: "imageId", value: params.get("like"), frame: frame, label: label };
+    }
     if (params.has("upload")) return { kind: "upload-lost", label: params.get("upload") };
     return null;
   }
@@ -150,6 +155,7 @@
     const body = { top: PAGE, skip: skip, modelVersion: state.version };
     if (Object.keys(state.filters).length) body.filters = state.filters;
     body[query.kind] = query.value;
+    if (query.kind === "imageId" && query.frame != null) body.frameIndex = query.frame;
     return body;
   }
 
@@ -229,8 +235,14 @@
 
   // -- results -----------------------------------------------------------------------------------------
 
-  function thumbUrl(id) {
-    return `./retrieval/thumbnails/${encodeURIComponent(id)}?modelVersion=${encodeURIComponent(state.version)}`;
+  function thumbUrl(id, frame) {
+    const at = frame == null ? "" : `&frameIndex=${encodeURIComponent(frame)}`;
+    return `./retrieval/thumbnails/${encodeURIComponent(id)}?modelVersion=${encodeURIComponent(state.version)}${at}`;
+  }
+
+  function seconds(value) {
+    const s = Math.round(value);
+    return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
   }
 
   function originalUrl(id) {
@@ -255,6 +267,13 @@
       const rank = offset + i + 1;
       const card = els.template.content.firstElementChild.cloneNode(true);
       card.dataset.imageId = hit.imageId;
+      const video = hit.video || null;  // a video's moment: its segment, and its best frame
+      const frame = video ? video.frameIndex : hit.frameIndex;
+      if (video) {
+        card.dataset.startS = String(video.startS);
+        card.dataset.endS = String(video.endS);
+        card.classList.add("video");
+      }
       card.dataset.rank = String(rank);
       card.dataset.relevance = String(hit.relevance);
       card.dataset.cosine = String(hit.cosine);
@@ -263,7 +282,16 @@
       const img = card.querySelector("img");
       img.alt = caption;
       img.addEventListener("error", () => { img.src = "page/placeholder.svg"; }, { once: true });
-      setImage(img, thumbUrl(hit.imageId));
+      setImage(img, thumbUrl(hit.imageId, frame));
+      const moment = card.querySelector(".moment");
+      if (video) {
+        moment.hidden = false;
+        moment.textContent = `▶ ${seconds(video.startS)}–${seconds(video.endS)} (best ${seconds(video.frameTimeS)})`;
+        img.alt = `${caption}, at ${seconds(video.frameTimeS)}`;
+      } else if (hit.frameTimeS != null) {
+        moment.hidden = false;
+        moment.textContent = `▶ ${seconds(hit.frameTimeS)}`;
+      }
       const link = card.querySelector(".thumb");
       link.href = originalUrl(hit.imageId);
       link.setAttribute("aria-label", `Result ${rank}: ${caption} (opens the original)`);
@@ -287,7 +315,8 @@
       like.setAttribute("aria-label", `More like result ${rank}: ${caption}`);
       like.addEventListener("click", () => {
         els.q.value = "";
-        search({ kind: "imageId", value: hit.imageId, label: hit.imageId }, true);
+        const label = frame == null ? hit.imageId : `${hit.imageId} at ${seconds(video ? video.frameTimeS : hit.frameTimeS)}`;
+        search({ kind: "imageId", value: hit.imageId, frame: frame, label: label }, true);
         window.scrollTo({ top: 0 });
       });
       const original = card.querySelector(".original");
