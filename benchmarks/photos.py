@@ -89,10 +89,49 @@ def upscaled_photos(out: Path, count: int, seed: int = 0, distinct: int = 400) -
     return paths
 
 
+def library_photos(out: Path, count: int, seed: int = 0, distinct: int = 400) -> list[Path]:
+    """`count` photos of 0.3-4 MP, as a photo library holds them: scikit-image's photos at their own size
+    where it falls in that range, else rescaled into it, from random crops; 10% saved as PNG, the rest as
+    JPEG. As in `upscaled_photos`, only `distinct` are made, the rest hard links under their own names."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    plans = []
+    for i in range(min(count, distinct)):
+        source = rng.randrange(len(REAL))
+        crop = rng.uniform(0.7, 1.0)
+        megapixels = rng.uniform(0.3, 4.0)
+        png = i % 10 == 9
+        plans.append(
+            _Plan(
+                path=out / f"library-{seed}-{i:05d}.{'png' if png else 'jpg'}",
+                megapixels=megapixels,
+                source=source,
+                crop=crop,
+                offset=(rng.random(), rng.random()),
+                flip=rng.random() < 0.5,
+                swap=False,
+                aspect=0.0,  # keep the crop's own aspect (and, where it fits, its own size)
+                quality=rng.randint(85, 95),
+            )
+        )
+    missing = [plan for plan in plans if not plan.path.exists()]
+    if missing:
+        with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
+            pool.map(_make, missing)
+    paths = [plan.path for plan in plans]
+    for i in range(len(plans), count):
+        original = plans[i % len(plans)].path
+        path = out / f"library-{seed}-{i:05d}{original.suffix}"
+        if not path.exists():
+            os.link(original, path)
+        paths.append(path)
+    return paths
+
+
 @dataclass(frozen=True)
 class _Plan:
     path: Path
-    megapixels: int
+    megapixels: float
     source: int
     crop: float
     offset: tuple[float, float]
@@ -110,11 +149,22 @@ def _make(plan: _Plan) -> None:
     image = image.crop((x, y, x + cw, y + ch))
     if plan.flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    width = int(np.sqrt(plan.megapixels * 1e6 * plan.aspect))
-    height = int(plan.megapixels * 1e6 / width)
-    if plan.swap:
-        width, height = height, width
-    image = image.resize((width, height), Image.Resampling.LANCZOS)
-    partial = plan.path.with_suffix(".part")
-    image.save(partial, "JPEG", quality=plan.quality)
+    if plan.aspect:  # a given aspect and size
+        width = int(np.sqrt(plan.megapixels * 1e6 * plan.aspect))
+        height = int(plan.megapixels * 1e6 / width)
+        if plan.swap:
+            width, height = height, width
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    else:  # the crop's own aspect; its own size when that lies in 0.3-4 MP, else rescaled into the range
+        current = image.width * image.height / 1e6
+        if not 0.3 <= current <= 4.0:
+            scale = np.sqrt(plan.megapixels / current)
+            image = image.resize(
+                (int(image.width * scale), int(image.height * scale)), Image.Resampling.LANCZOS
+            )
+    partial = plan.path.with_name(plan.path.name + ".part")
+    if plan.path.suffix == ".png":
+        image.save(partial, "PNG")
+    else:
+        image.save(partial, "JPEG", quality=plan.quality)
     partial.rename(plan.path)  # a killed run leaves no truncated photo behind

@@ -59,6 +59,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from embedding.config import load_config
     from embedding.job import run
+    from embedding.summary import Phases, save_summary
 
     overrides = list(args.set or [])
     if args.retry_errors:
@@ -66,15 +67,36 @@ def _run(args: argparse.Namespace) -> int:
     if args.mode:
         overrides.append(f"run.mode={args.mode}")
     cfg = load_config(args.config, overrides)
-    summary = run(cfg)
+    phases = Phases()  # from the process's start: the driver's own start-up is part of a run's time
+    summary = run(cfg, phases)
+    _shutdown_ray()
+    phases.end("shutdown")
+    summary["phases_s"] = phases.to_dict()
+    save_summary(cfg, summary["run_id"], summary)
     rows = summary["rows"]
+    done = rows["embedded"] + rows["videos"] + rows["failed"]
+    pipeline = summary["phases_s"].get("pipeline") or 0.0
+    total = summary["phases_s"]["total"]
+    videos = f", {rows['videos']} videos ({rows['frames']} frames)" if rows["videos"] else ""
     print(
-        f"run {summary['run_id']}: {rows['in']} rows in, {rows['embedded']} embedded, "
-        f"{rows['failed']} failed, "
-        f"{rows['skipped_done']} skipped as done, {rows['retried']} retried; {summary['rows_per_s']} rows/s; "
+        f"run {summary['run_id']}: {rows['in']} rows in, {rows['embedded']} embedded{videos}, "
+        f"{rows['failed']} failed, {rows['skipped_done']} skipped as done, {rows['retried']} retried, "
+        f"{rows['adopted']} taken over; {done / pipeline if pipeline else 0:.1f} rows/s in the pipeline, "
+        f"{done / total if total else 0:.1f} rows/s for the whole run ({total:.1f} s); "
         f"summary in {cfg.output.root}/runs/{summary['run_id']}/summary.json"
     )
     return 0
+
+
+def _shutdown_ray() -> None:
+    """Stop the local Ray a run started (timed as the run's last phase); a cluster is only left."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def _index(args: argparse.Namespace) -> int:

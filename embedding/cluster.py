@@ -26,6 +26,9 @@ def connect_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
+    # A local Ray of our own keeps Ray's token authentication, said explicitly so that Ray does not warn
+    # about choosing it (a user can do nothing about that warning).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     memory = cfg.object_store_memory_mb
     ray.init(
         address="local",  # a new local Ray, never a cluster that `ray start` left on this machine

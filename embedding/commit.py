@@ -45,6 +45,7 @@ class Totals:
     failed_by_code: dict[str, int] = field(default_factory=dict)
     busy_s: dict[str, float] = field(default_factory=dict)
     first_t0: dict[str, float] = field(default_factory=dict)
+    first_t1: dict[str, float] = field(default_factory=dict)  # the end of the stage's first batch
     last_t1: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     encode_wait_s: float = 0.0

@@ -42,7 +42,9 @@ class InputConfig(Section):
     manifest: list[str] = Field(default_factory=list)  # paths, URLs or globs
     kind: Literal["auto", "image", "text"] = "auto"
     carry_columns: list[str] = Field(default_factory=lambda: ["caption", "tags"])
-    unit_rows: int = Field(default=256, ge=1)  # rows per commit unit
+    # Rows per commit unit (and per decode task). Unset: 256, less for a small file, so that it still makes
+    # about 8 units and every CPU decodes while the model encodes (embedding.manifest.unit_size).
+    unit_rows: int | None = Field(default=None, ge=1)
     allowed_schemes: list[str] = Field(
         default_factory=lambda: ["file", "s3", "gs", "gcs", "http", "https", "inline"]
     )

@@ -169,7 +169,7 @@ def _text(value: str, n: int) -> pa.Array:
 
 
 def decide(
-    manifest: list[pa.Table], committed: list[pa.Table], file_uris: list[str], unit_rows: int
+    manifest: list[pa.Table], committed: list[pa.Table], file_uris: list[str], unit_sizes: list[int]
 ) -> Decision:
     """Stage 2: the fates of one bucket's planned rows (see embedding.plan)."""
     rows = (
@@ -235,9 +235,9 @@ def decide(
             )
         )
     exceptions = pa.concat_tables([t.cast(EXCEPTIONS) for t in out]).sort_by("pos").combine_chunks()
-    unit_first = (adopted.column("pos").to_numpy() >> ROW_BITS << ROW_BITS) | (
-        (adopted.column("pos").to_numpy() & ((1 << ROW_BITS) - 1)) // unit_rows * unit_rows
-    )
+    pos = adopted.column("pos").to_numpy()
+    size = np.asarray(unit_sizes, np.int64)[pos >> ROW_BITS]  # the rows per unit of each row's file
+    unit_first = (pos >> ROW_BITS << ROW_BITS) | ((pos & ((1 << ROW_BITS) - 1)) // size * size)
     adopters = pa.table(
         {"unit_pos": pa.array(unit_first, pa.int64()), "adopt_from": adopted.column("adopt_from")}
     )

@@ -1,11 +1,12 @@
 """`embedding run`: the whole job for one config, from manifest to committed units, summary and index.
 
 Everything that can be wrong with the config, the manifest's layout or the model version is checked here
-first, before Ray starts or any row is read.
+first, before any row is read (while Ray starts: the two fixed costs overlap).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from embedding.errors import ConfigError
 from embedding.identity import check_same, check_width, identity_for
 from embedding.images import ImageLimits, Preprocess
 from embedding.lease import Lease
-from embedding.manifest import ManifestFile, detect_kind, find_files, plan_units
+from embedding.manifest import ManifestFile, detect_kind, find_files, plan_units, unit_size
 from embedding.media import MediaSettings
 from embedding.models import check_available
 from embedding.models.loading import preprocess_for
@@ -33,7 +34,7 @@ from embedding.schemas import OutputSchemas, file_metadata
 from embedding.sink import WriteSettings
 from embedding.sources import SourceSettings
 from embedding.stages import ReadSettings
-from embedding.summary import build_summary, new_run_id, package_versions, save_config, save_summary
+from embedding.summary import Phases, build_summary, new_run_id, package_versions, save_config, save_summary
 from embedding.text import TextLimits
 from embedding.video import VideoSettings
 
@@ -159,6 +160,9 @@ def _settings(job: Prepared, run_id: str, partition: Partition, gpus: float) -> 
         text_limits=TextLimits(limits.min_text_words, limits.max_text_words),
         write=write,
         num_gpus_per_actor=gpus,
+        units_per_call=max(
+            1, cfg.inference.batch_size // max(unit_size(f.num_rows, cfg.input.unit_rows) for f in job.files)
+        ),
     )
 
 
@@ -187,11 +191,32 @@ def _start_up(target: Partition, job: Prepared) -> None:
         )
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def _prepare_while_ray_starts(cfg: Config) -> Prepared:
+    """The start-time checks and the manifest's listing, while Ray starts: the two fixed costs overlap.
+
+    Cheap checks that fail often (an unknown version, missing weights) come first, so a bad config still
+    fails before Ray starts. Ray starts in this (the main) thread; the listing, digests and the model's
+    identity run beside it.
+    """
+    check_available(cfg.model.version, cfg.model)
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
+        prepared = pool.submit(prepare, cfg)
+        try:
+            connect_ray(cfg.ray)
+        except BaseException:
+            prepared.cancel()
+            raise
+        return prepared.result()
+
+
+def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
     """Run the job for a config; returns the summary (also saved as summary.json)."""
+    phases = phases or Phases(time.time())
+    phases.end("driver_start")
     started = time.time()
     redact.install(cfg.model_dump(mode="json"))  # secrets of the config never reach the log
-    job = prepare(cfg)
+    job = _prepare_while_ray_starts(cfg)
+    phases.end("checks_ray_start")
     run_id = new_run_id()
     target = Partition(cfg.output.root, job.kind, cfg.model.version, cfg.output.storage_options)
     with Lease(target, run_id, cfg.run.lease_timeout_s) as lease:
@@ -202,9 +227,6 @@ def run(cfg: Config) -> dict[str, Any]:
         units = plan_units(job.files, cfg.input.unit_rows)
         held = sum(m["rows_embedded"] + m["rows_failed"] for m in markers.values())
         big = sum(f.num_rows for f in job.files) + held > LOCAL_PLAN_ROWS
-        if big:
-            connect_ray(cfg.ray)
-        tasks = RayTasks() if big else LocalTasks()
         plan = make_plan(
             job.kind,
             job.files,
@@ -214,10 +236,11 @@ def run(cfg: Config) -> dict[str, Any]:
             cfg.run.retry_errors,
             cfg.input.storage_options,
             cfg.input.unit_rows,
-            tasks,
+            RayTasks() if big else LocalTasks(),
         )
         if partition.identity() is None:
             partition.record_identity(job.identity)
+        phases.end("planning")
         marker_base = {
             "kind": job.kind,
             "model_version": cfg.model.version,
@@ -226,25 +249,32 @@ def run(cfg: Config) -> dict[str, Any]:
         committer = Committer(partition, plan, run_id, marker_base, finalize=None)
         rounds = {"first": 0, "isolated": 0, "crashed": 0}
         if plan.todo:
-            connect_ray(cfg.ray)
             settings = _settings(job, run_id, partition, gpus_per_actor(cfg))
             rounds = run_stream(plan, cfg, settings, committer)
+        phases.end("pipeline")
         lease.check()
         if committer.todo:
             raise RuntimeError(f"{len(committer.todo)} units were not committed; rerun to finish them")
         committer.retire(sorted(committer.superseded))
         if partition is not target:
             replace_with(target, partition)
-        summary = build_summary(cfg, run_id, job.kind, plan.counts, committer.totals, rounds, started)
+        phases.end("commit")
+        index = None
         if cfg.index.enabled and job.kind == "image":
             from embedding.index.build import build_index
 
             manifest = build_index(cfg, lease=lease)
-            summary["index"] = {
+            index = {
                 "kind": manifest.kind,
                 "rows": manifest.rows,
                 "build_id": manifest.build_id,
                 "self_check": manifest.self_check,
             }
+        phases.end("index")
+        summary = build_summary(cfg, run_id, job.kind, plan.counts, committer.totals, rounds, started, phases)
+        first = committer.totals.first_t1.get("encode")
+        summary["first_batch_encoded_s"] = round(first - phases.origin, 3) if first else None
+        if index is not None:
+            summary["index"] = index
         save_summary(cfg, run_id, summary)
     return summary

@@ -9,6 +9,7 @@ SHA-256 of the file's bytes for local files and HTTP without an ETag, and the ET
 from __future__ import annotations
 
 import hashlib
+import math
 import posixpath
 from dataclasses import dataclass
 
@@ -174,11 +175,21 @@ def unit_id(uri: str, version: str, start: int, stop: int) -> str:
     return hashlib.sha256(f"{uri}\n{version}\n{start}\n{stop}".encode()).hexdigest()[:20]
 
 
-def plan_units(files: list[ManifestFile], unit_rows: int) -> list[Unit]:
+def unit_size(num_rows: int, unit_rows: int | None) -> int:
+    """Rows per unit of a file: `input.unit_rows`, or by default 256, and for a small file as many as give
+    it about 8 units (at least 16 rows each), so that a few hundred rows still keep every CPU busy. The
+    size depends on the file's row count alone, so the same file always gets the same units."""
+    if unit_rows:
+        return unit_rows
+    return max(16, min(256, math.ceil(num_rows / 8)))
+
+
+def plan_units(files: list[ManifestFile], unit_rows: int | None) -> list[Unit]:
     units = []
     for f in files:
-        for start in range(0, f.num_rows, unit_rows):
-            stop = min(start + unit_rows, f.num_rows)
+        size = unit_size(f.num_rows, unit_rows)
+        for start in range(0, f.num_rows, size):
+            stop = min(start + size, f.num_rows)
             units.append(Unit(unit_id(f.uri, f.version, start, stop), f, start, stop))
     return units
 

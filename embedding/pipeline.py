@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,7 @@ class StageSettings:
     text_limits: TextLimits | None  # texts
     write: WriteSettings
     num_gpus_per_actor: float
+    units_per_call: int = 1  # whole units per encoder call: as many as fill a model batch
 
 
 def load_stage_class(path: str) -> type:
@@ -139,7 +142,7 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
             },
             # Whole units per call: as many as fill a model batch (the encoder cuts its rows into batches of
             # inference.batch_size), one when isolating.
-            batch_size=1 if isolate else max(1, inference.batch_size // cfg.input.unit_rows),
+            batch_size=1 if isolate else settings.units_per_call,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(
                 min_size=inference.min_actors,
@@ -170,25 +173,49 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
     )
 
 
-def _drain(ds, committer: Committer) -> None:
+PROGRESS_EVERY_S = 5.0
+
+
+def _drain(ds, committer: Committer, bars: bool) -> None:
+    """Commit every unit the plan writes; without progress bars (not a terminal), a line every few s."""
+    total = len(committer.todo)
+    started = last = time.monotonic()
     for results in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
         committer.take(results)
+        now = time.monotonic()
+        if not bars and now - last >= PROGRESS_EVERY_S:
+            done = total - len(committer.todo)
+            rows = committer.totals.embedded + committer.totals.frames
+            print(
+                f"progress: {done}/{total} units committed, {rows} vectors, {rows / (now - started):.1f}/s",
+                file=sys.stderr,
+                flush=True,
+            )
+            last = now
 
 
 @contextlib.contextmanager
-def _one_unit_per_block():
-    """Every output row of every stage becomes a block of its own (each row is a whole packed unit)."""
+def _data_context(cfg: Config):
+    """Every output row of every stage becomes a block of its own (each row is a whole packed unit);
+    Ray Data's progress bars on a terminal, and its progress log quiet elsewhere (_drain says it briefly).
+    """
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    saved = context.target_max_block_size, context.max_errored_blocks
+    saved = context.target_max_block_size, context.max_errored_blocks, context.enable_progress_bars
     context.target_max_block_size = 1
     # Failed blocks never abort a round: their units are redone row by row (run_stream).
     context.max_errored_blocks = 1 << 30
+    context.enable_progress_bars = cfg.ray.progress_bars and sys.stderr.isatty()
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    if not context.enable_progress_bars:
+        data_log.setLevel(logging.WARNING)
     try:
-        yield
+        yield context.enable_progress_bars
     finally:
-        context.target_max_block_size, context.max_errored_blocks = saved
+        context.target_max_block_size, context.max_errored_blocks, context.enable_progress_bars = saved
+        data_log.setLevel(level)
 
 
 def _finalizer(settings: StageSettings, buckets: list):
@@ -236,9 +263,9 @@ def run_stream(plan: Plan, cfg: Config, settings: StageSettings, committer: Comm
     committer.finalize = _finalizer(settings, buckets)
     first = sum(u.expected for u in plan.todo.values())
     report = {"first": first, "isolated": 0, "crashed": 0}
-    with _one_unit_per_block():
+    with _data_context(cfg) as bars:
         if plan.reads:
-            _drain(build_dataset(plan.reads, buckets, cfg, settings, isolate=False), committer)
+            _drain(build_dataset(plan.reads, buckets, cfg, settings, isolate=False), committer, bars)
         missing = committer.missing_rows()
         report["isolated"] = missing
         if not missing:
@@ -248,7 +275,9 @@ def run_stream(plan: Plan, cfg: Config, settings: StageSettings, committer: Comm
             raise RuntimeError(f"{missing} of {first} rows failed in the pipeline; see the Ray Data logs")
         log.warning("%d rows were in failed blocks; retrying them one by one", missing)
         _drain(
-            build_dataset(_isolating_reads(plan, committer), buckets, cfg, settings, isolate=True), committer
+            build_dataset(_isolating_reads(plan, committer), buckets, cfg, settings, isolate=True),
+            committer,
+            bars,
         )
     units = committer.missing()
     report["crashed"] = committer.missing_rows()

@@ -28,7 +28,7 @@ from typing import Any
 
 from embedding import fates
 from embedding.errors import TRANSIENT_CODES, ErrorCode
-from embedding.manifest import IMAGE_ID, TEXT_ID, ManifestFile, Unit
+from embedding.manifest import IMAGE_ID, TEXT_ID, ManifestFile, Unit, unit_size
 from embedding.outputs import Marker, Partition
 
 MANIFEST_CODES = frozenset({ErrorCode.INVALID_MANIFEST_ROW, ErrorCode.DUPLICATE_ID})
@@ -163,7 +163,7 @@ def make_plan(
     markers: dict[str, Marker],
     retry_errors: bool,
     storage_options: dict,
-    unit_rows: int,
+    unit_rows: int | None,
     tasks: LocalTasks | RayTasks | None = None,
 ) -> Plan:
     """Decide the fate of every manifest row (see the module docstring)."""
@@ -216,7 +216,7 @@ def _plan_rows(
     markers: dict[str, Marker],
     current_ids: set[str],
     storage_options: dict,
-    unit_rows: int,
+    unit_rows: int | None,
     tasks: LocalTasks | RayTasks,
 ) -> None:
     """Run the two stages of embedding.fates over the new units' rows and the committed ids."""
@@ -257,11 +257,12 @@ def _plan_rows(
         args = (partition.root, partition.storage_options, partition.tables, partition.version, group, n)
         committed_parts.append(_as_list(tasks.submit(fates.committed_part, *args, num_returns=n), n))
     uris = [f.uri for f in plan.files]
+    sizes = [unit_size(f.num_rows, unit_rows) for f in plan.files]
     decisions = [
         tasks.submit(
             _decide,
             uris,
-            unit_rows,
+            sizes,
             len(manifest_parts),
             *[p[b] for p in manifest_parts],
             *[p[b] for p in committed_parts],
@@ -283,6 +284,6 @@ def _plan_rows(
         plan.fates.append(exceptions)
 
 
-def _decide(uris: list[str], unit_rows: int, n_manifest: int, *parts: Any) -> tuple:
-    decision = fates.decide(list(parts[:n_manifest]), list(parts[n_manifest:]), uris, unit_rows)
+def _decide(uris: list[str], unit_sizes: list[int], n_manifest: int, *parts: Any) -> tuple:
+    decision = fates.decide(list(parts[:n_manifest]), list(parts[n_manifest:]), uris, unit_sizes)
     return decision.counts, decision.exceptions, decision.adopters

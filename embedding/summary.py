@@ -18,6 +18,35 @@ from embedding.redact import strip_userinfo
 from embedding.storage import filesystem, write_atomic
 
 
+class Phases:
+    """Where a run's time went, as consecutive named spans from the process's start (the driver's own
+    start-up first), so a user sees what was fixed cost and what was work."""
+
+    def __init__(self, started: float | None = None) -> None:
+        self.origin = started if started is not None else process_started()
+        self.last = self.origin
+        self.spans: dict[str, float] = {}
+
+    def end(self, name: str) -> None:
+        """Close the span `name` (it ran from the previous span's end until now)."""
+        now = time.time()
+        self.spans[name] = round(self.spans.get(name, 0.0) + now - self.last, 3)
+        self.last = now
+
+    def to_dict(self) -> dict[str, float]:
+        return {**self.spans, "total": round(time.time() - self.origin, 3)}
+
+
+def process_started() -> float:
+    """When this process started (the clock of time.time()); now, where the system does not say."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except (ImportError, OSError):
+        return time.time()
+
+
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
@@ -67,6 +96,7 @@ def build_summary(
     totals: Totals,
     rounds: dict[str, int],
     started: float,
+    phases: Phases | None = None,
 ) -> dict[str, Any]:
     wall = time.time() - started
     failed = sum(totals.failed_by_code.values())
@@ -103,6 +133,7 @@ def build_summary(
         },
         "rounds": rounds,
         "rows_per_s": round(processed / wall, 2) if wall else 0.0,
+        "phases_s": phases.to_dict() if phases is not None else {},
         "stages": {
             "fetch_decode": _stage(totals, "decode"),
             "encode": encode,
