@@ -36,6 +36,13 @@ def ray_local():
 
 
 @pytest.fixture
+def ray_address(ray_local) -> str:
+    """The shared local Ray's address: a test's `embedding run` subprocesses join it instead of starting
+    a Ray of their own (seconds each), and a killed one leaves it to Ray to clean up after it."""
+    return ray_local.get_runtime_context().gcs_address
+
+
+@pytest.fixture
 def make_config(tmp_path: Path, ray_local):
     """Write a config for a manifest (and overrides) into tmp_path, and load it."""
 

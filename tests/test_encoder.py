@@ -15,7 +15,7 @@ from embedding.demo.quality import spec_pixels
 from embedding.demo.synthetic import balanced_specs
 from embedding.encoder import Encoder, ImageEncodeStage, TextEncodeStage
 from embedding.errors import ErrorCode
-from embedding.rows import pixels_array, pixels_of
+from embedding.rows import pack, pixels_array, pixels_of, unpack
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_cpu_inference_uses_every_core_unless_configured(inference: InferenceCon
 
 def test_image_stage_embeds_pending_rows_as_unit_vectors(stage: ImageEncodeStage) -> None:
     batch = image_batch(stage, 10, failed={3: "DecodeFailed"})
-    out = stage(batch)
+    out = stage.process(batch)
     assert "pixels" not in out.column_names
     vectors = np.stack(out.column("embedding").to_numpy(zero_copy_only=False))
     assert vectors.shape == (10, 1024)
@@ -83,7 +83,7 @@ def test_a_row_the_model_fails_on_becomes_an_error_row_and_the_rest_are_embedded
         return real(pixels)
 
     monkeypatch.setattr(stage.encoder, "encode_pixels", encode)
-    out = stage(batch)
+    out = stage.process(batch)
     codes = out.column("error_code").to_pylist()
     assert codes == [None] * 5 + [str(ErrorCode.ENCODE_FAILED)] + [None] * 2
     assert "planted failure" in out.column("error_message").to_pylist()[5]
@@ -100,7 +100,7 @@ def test_non_finite_vectors_become_embedding_not_finite(
         return vectors
 
     monkeypatch.setattr(stage.encoder, "encode_pixels", encode)
-    codes = stage(image_batch(stage, 3)).column("error_code").to_pylist()
+    codes = stage.process(image_batch(stage, 3)).column("error_code").to_pylist()
     assert codes[0] == str(ErrorCode.EMBEDDING_NOT_FINITE)
     assert codes[1:] == [None, None]
 
@@ -117,9 +117,19 @@ def test_text_stage_and_metrics(inference: InferenceConfig) -> None:
             "stage": pa.nulls(4, pa.string()),
         }
     )
-    out = stage(batch)
+    out = stage.process(batch)
     vectors = np.stack(out.column("embedding").to_numpy(zero_copy_only=False))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # One concept in four languages lands in one place of the shared space.
     assert (vectors @ vectors.T).min() > 0.5
     assert {"_m_encode_s", "_m_encode_wait_s"} <= set(out.column_names)
+
+
+def test_the_stage_keeps_packed_units_apart(stage: ImageEncodeStage) -> None:
+    """Ray Data hands the stage packed units (one per row); each comes back as its own packed unit."""
+    first = image_batch(stage, 3).append_column("unit_id", pa.array(["u1"] * 3))
+    second = image_batch(stage, 2).append_column("unit_id", pa.array(["u2"] * 2))
+    out = unpack(stage(pack([first, second])))
+    assert [t.num_rows for t in out] == [3, 2]
+    assert [t.column("unit_id")[0].as_py() for t in out] == ["u1", "u2"]
+    assert all("embedding" in t.column_names for t in out)

@@ -53,8 +53,8 @@ def run_to_end(config: Path, log: Path) -> dict:
     return json.loads(latest.read_text())
 
 
-def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
-    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 288)
+def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path, ray_address: str) -> None:
+    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 192)
     table = table.set_column(
         1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
     )
@@ -62,11 +62,14 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
     pq.write_table(table, manifest)
     total = table.num_rows
     slow = {"concurrency": 1}  # one 16-row unit decoded at a time: slow enough to be killed in the middle
-    reference = write_config(tmp_path / "ref.yaml", str(manifest), str(tmp_path / "ref"), preprocess=slow)
+    shared = {"address": ray_address}  # the session's Ray: no Ray start-up per run
+    reference = write_config(
+        tmp_path / "ref.yaml", str(manifest), str(tmp_path / "ref"), preprocess=slow, ray=shared
+    )
     run_to_end(reference, tmp_path / "ref.log")
 
     root = tmp_path / "out"
-    config = write_config(tmp_path / "run.yaml", str(manifest), str(root), preprocess=slow)
+    config = write_config(tmp_path / "run.yaml", str(manifest), str(root), preprocess=slow, ray=shared)
     units = -(-total // 16)
     kill_points = {
         "first write": lambda: bool(staging(root)),  # while the first unit is being written
@@ -101,7 +104,7 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
-    tmp_path: Path, sample_dir: Path, make_config, backend: str
+    tmp_path: Path, sample_dir: Path, make_config, backend: str, ray_address: str
 ) -> None:
     """Deterministic kills (fault points, not timers): each rerun ends equal to an uninterrupted run."""
     from embedding.job import run
@@ -122,7 +125,11 @@ def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
             root, options = "s3://faults/out", server.storage_options
         else:
             root, options = str(tmp_path / "killed"), {}
-        sections = {"output": {"storage_options": options}, "input": {"unit_rows": 16}}
+        sections = {
+            "output": {"storage_options": options},
+            "input": {"unit_rows": 16},
+            "ray": {"address": ray_address},  # the session's Ray: no Ray start-up per run
+        }
         config = write_config(tmp_path / "run.yaml", str(manifest), root, **sections)
         for step, faults in (("marker", "commit.marker:2"), ("moves", "commit.after_move:1")):
             wait_for_free_lease(root, options)

@@ -176,14 +176,19 @@ def test_a_redefined_version_and_a_wrong_width_are_refused_at_start(
 
 
 def test_a_second_run_stops_at_once_and_a_dead_runs_lease_is_taken_over(
-    tmp_path: Path, sample_dir: Path, make_config, monkeypatch
+    tmp_path: Path, sample_dir: Path, make_config, monkeypatch, ray_address: str
 ) -> None:
     ids, uris = sample_rows(sample_dir, 0, 48)
     manifest = write(tmp_path / "m.parquet", ids, uris)
     root = tmp_path / "out"
     held = {"stage_class": "tests.support.stages:BlockingStage", "batch_size": 8}
     config = write_config(
-        tmp_path / "a.yaml", str(manifest), str(root), inference=held, run={"lease_timeout_s": 3}
+        tmp_path / "a.yaml",
+        str(manifest),
+        str(root),
+        inference=held,
+        run={"lease_timeout_s": 3},
+        ray={"address": ray_address},
     )
     # The first run's encoder holds its first batch until this file exists, which it never does: the run
     # is certainly in progress, holding its lease, until the test kills it.

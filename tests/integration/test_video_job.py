@@ -80,14 +80,16 @@ def test_frames_are_searchable_moments_and_bad_videos_are_one_error_each(
 
 
 def test_a_driver_killed_in_a_videos_unit_reruns_to_the_same_outputs(
-    tmp_path: Path, sample_dir: Path, videos: dict[str, Path], make_config
+    tmp_path: Path, sample_dir: Path, videos: dict[str, Path], make_config, ray_address: str
 ) -> None:
     good = {n: videos[n] for n in GOOD[:2]}
     path = manifest(tmp_path, sample_dir, good, images=6)
     reference = make_config(str(path), input={"unit_rows": 4})
     run(reference)
     root = tmp_path / "killed"
-    config = write_config(tmp_path / "run.yaml", str(path), str(root), input={"unit_rows": 4})
+    config = write_config(
+        tmp_path / "run.yaml", str(path), str(root), input={"unit_rows": 4}, ray={"address": ray_address}
+    )
     process = start_run(config, tmp_path / "killed.log", "commit.after_move:3")  # the unit with the videos
     try:
         assert process.wait(timeout=600) == -9, (tmp_path / "killed.log").read_text()[-3000:]

@@ -30,8 +30,16 @@ def test_keys_from_the_config_and_the_environment() -> None:
 
 def test_request_urls_never_name_local_files() -> None:
     settings = source_settings(Config(), "request")
-    assert settings.allowed_schemes == ("http", "https", "s3", "gs")
-    for url in ("/etc/passwd", "file:///etc/passwd", "relative/path.jpg", "inline://x", "ftp://host/x"):
+    # http and https only: an s3:// or gs:// URL would be read with the service's own credentials
+    assert settings.allowed_schemes == ("http", "https") and not settings.allow_local
+    for url in (
+        "/etc/passwd",
+        "file:///etc/passwd",
+        "relative/path.jpg",
+        "inline://x",
+        "ftp://host/x",
+        "s3://b/k",
+    ):
         with pytest.raises(EmbeddingError) as info:
             check_scheme(url, settings.allowed_schemes)
         assert info.value.code == ErrorCode.INVALID_MANIFEST_ROW
