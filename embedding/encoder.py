@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from embedding.config import InferenceConfig, ModelConfig
-from embedding.errors import ErrorCode
+from embedding.errors import ConfigError, ErrorCode
 from embedding.models import LoadedModel, load_model
 from embedding.models.loading import resolve_device
 from embedding.rows import (
@@ -58,6 +58,12 @@ class Encoder:
         device = self.loaded.device
         self._mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
+        width = self.encode_texts(["a"]).shape[1]  # one word: the output width, checked before any row
+        if width != self.dim:
+            raise ConfigError(
+                f"model version '{version}' outputs vectors of {width} dimensions but its dim is {self.dim}; "
+                f"set dim: {width}"
+            )
 
     @property
     def dim(self) -> int:

@@ -133,3 +133,14 @@ def test_the_stage_keeps_packed_units_apart(stage: ImageEncodeStage) -> None:
     assert [t.num_rows for t in out] == [3, 2]
     assert [t.column("unit_id")[0].as_py() for t in out] == ["u1", "u2"]
     assert all("embedding" in t.column_names for t in out)
+
+
+def test_a_version_whose_width_is_not_its_dim_is_refused_at_load(inference: InferenceConfig) -> None:
+    from embedding.errors import ConfigError
+    from embedding.models.registry import DEMO_WEIGHTS
+
+    wide = ModelConfig(
+        versions={"wide": {"architecture": "embedding-demo", "weights": str(DEMO_WEIGHTS), "dim": 512}}
+    )
+    with pytest.raises(ConfigError, match=r"1024 dimensions but its dim is 512"):
+        Encoder("wide", wide, inference)
