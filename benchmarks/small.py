@@ -90,9 +90,7 @@ def main() -> None:
             )
         results.append(row)
         print(json.dumps(row), flush=True)
-    print(
-        "| photos | ours fp32 | ours bf16 | naive loop | clip-retrieval | ours / naive | ours / peer |"
-    )
+    print("| photos | ours fp32 | ours bf16 | naive loop | clip-retrieval | ours / naive | ours / peer |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         peer = r.get("clip_retrieval_s")
