@@ -22,7 +22,15 @@ from embedding.errors import ConfigError
 from embedding.identity import check_same, check_width, identity_for
 from embedding.images import ImageLimits, Preprocess
 from embedding.lease import Lease
-from embedding.manifest import ManifestFile, detect_kind, find_files, plan_units, unit_size
+from embedding.manifest import (
+    Listing,
+    ManifestFile,
+    detect_kind,
+    find_files,
+    list_manifest,
+    plan_units,
+    unit_size,
+)
 from embedding.media import MediaSettings
 from embedding.models import check_available
 from embedding.models.loading import preprocess_for
@@ -89,11 +97,11 @@ def _carried_fields(cfg: Config, files: list[ManifestFile]) -> list[pa.Field]:
     return fields
 
 
-def prepare(cfg: Config) -> Prepared:
+def prepare(cfg: Config, listing: Listing | None = None) -> Prepared:
     """All start-time checks: model version and weights, manifest files and columns. Raises ConfigError."""
     spec = check_available(cfg.model.version, cfg.model)
     check_width(cfg.model.version, spec)
-    files = find_files(cfg.input.manifest, cfg.input.storage_options)
+    files = find_files(cfg.input.manifest, cfg.input.storage_options, listing)
     kind = detect_kind(files, cfg.input.kind)
     prep = preprocess_for(spec)
     prep = Preprocess(
@@ -194,13 +202,14 @@ def _start_up(target: Partition, job: Prepared) -> None:
 def _prepare_while_ray_starts(cfg: Config) -> Prepared:
     """The start-time checks and the manifest's listing, while Ray starts: the two fixed costs overlap.
 
-    Cheap checks that fail often (an unknown version, missing weights) come first, so a bad config still
-    fails before Ray starts. Ray starts in this (the main) thread; the listing, digests and the model's
-    identity run beside it.
+    Cheap checks that fail often (an unknown version, missing weights, a wrong width, a manifest path that
+    names nothing) come first, so a bad config still fails before Ray starts. Ray starts in this (the main)
+    thread; reading the files' metadata, their digests and the model's identity run beside it.
     """
-    check_available(cfg.model.version, cfg.model)
+    check_width(cfg.model.version, check_available(cfg.model.version, cfg.model))
+    listing = list_manifest(cfg.input.manifest, cfg.input.storage_options)
     with cf.ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
-        prepared = pool.submit(prepare, cfg)
+        prepared = pool.submit(prepare, cfg, listing)
         try:
             connect_ray(cfg.ray)
         except BaseException:

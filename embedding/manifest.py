@@ -88,11 +88,17 @@ def _matches(fs: fsspec.AbstractFileSystem, path: str, pattern: str) -> list[str
     return [path]
 
 
-def find_files(patterns: list[str], storage_options: dict[str, dict]) -> list[ManifestFile]:
-    """Expand paths, folders and globs into Parquet files, in a stable order. Raises ConfigError."""
+Listing = list[tuple[fsspec.AbstractFileSystem, dict]]
+
+
+def list_manifest(patterns: list[str], storage_options: dict[str, dict]) -> Listing:
+    """The files that the manifest's paths, folders and globs name, in a stable order. Raises ConfigError.
+
+    Only lists (no file is opened), so a missing manifest is found before anything slow starts.
+    """
     if not patterns:
         raise ConfigError("input.manifest is empty: give a Parquet file, folder, glob or URL")
-    files: list[ManifestFile] = []
+    listing: Listing = []
     for pattern in patterns:
         fs, path = filesystem(pattern, options_for(pattern, storage_options))
         try:
@@ -103,17 +109,26 @@ def find_files(patterns: list[str], storage_options: dict[str, dict]) -> list[Ma
             raise ConfigError(f"input.manifest: cannot list {pattern}: {type(exc).__name__}: {exc}") from exc
         if not infos:
             raise ConfigError(f"input.manifest: no file matches {pattern}")
-        for info in infos:
-            name = info["name"]
-            uri = name if "://" in name else to_url(fs, name)
-            try:
-                with fs.open(name, "rb") as f:
-                    meta = pq.ParquetFile(f).metadata
-                groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
-                version = _content_version(fs, info)
-            except Exception as exc:
-                raise ConfigError(f"input.manifest: {uri} is not a readable Parquet file: {exc}") from exc
-            files.append(ManifestFile(uri, version, meta.num_rows, meta.schema.to_arrow_schema(), groups))
+        listing.extend((fs, info) for info in infos)
+    return listing
+
+
+def find_files(
+    patterns: list[str], storage_options: dict[str, dict], listing: Listing | None = None
+) -> list[ManifestFile]:
+    """The manifest's Parquet files with their row groups and content versions. Raises ConfigError."""
+    files: list[ManifestFile] = []
+    for fs, info in listing if listing is not None else list_manifest(patterns, storage_options):
+        name = info["name"]
+        uri = name if "://" in name else to_url(fs, name)
+        try:
+            with fs.open(name, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+            groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+            version = _content_version(fs, info)
+        except Exception as exc:
+            raise ConfigError(f"input.manifest: {uri} is not a readable Parquet file: {exc}") from exc
+        files.append(ManifestFile(uri, version, meta.num_rows, meta.schema.to_arrow_schema(), groups))
     uris = [f.uri for f in files]
     if len(set(uris)) < len(uris):
         twice = sorted({u for u in uris if uris.count(u) > 1})
