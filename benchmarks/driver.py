@@ -122,9 +122,12 @@ def measure(repo: Path, sources: dict[int, Path], address: str | None) -> dict:
     }
 
 
-def cluster(workers: int):
+def cluster(workers: int, repo: Path):
+    """A simulated cluster whose workers import the project from `repo` and the stand-in encoder."""
     from ray.cluster_utils import Cluster
 
+    # Its raylets and workers inherit this process's environment: the job's PYTHONPATH must be there.
+    os.environ["PYTHONPATH"] = f"{repo}:{REPO / 'benchmarks'}"
     simulated = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head: the driver only
     for _ in range(workers):
         simulated.add_node(num_cpus=1)
@@ -161,7 +164,7 @@ def main() -> None:
     for name, repo in versions.items():
         results[f"{name} local"] = measure(repo, sources, None)
         print(name, "local", json.dumps(results[f"{name} local"]), flush=True)
-        simulated = cluster(2)
+        simulated = cluster(2, repo)
         try:
             results[f"{name} 3-node"] = measure(repo, sources, simulated.address)
             print(name, "3-node", json.dumps(results[f"{name} 3-node"]), flush=True)
@@ -169,7 +172,7 @@ def main() -> None:
             simulated.shutdown()
     largest = {max(args.rows): sources[max(args.rows)]}
     for workers in (1, 2):
-        simulated = cluster(workers)
+        simulated = cluster(workers, REPO)
         try:
             results[f"after, {workers} worker node(s)"] = measure(REPO, largest | {}, simulated.address)[
                 "runs"

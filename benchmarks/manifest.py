@@ -6,7 +6,7 @@ Each measurement is a fresh process over a manifest of N rows (`image_id`, `uri`
 groups of 1,048,576 rows) and an empty output: listing the manifest (with its content digest), cutting it
 into units of 256 rows, and planning the fate of every row. "After" plans in Ray tasks (local Ray,
 2 CPUs), as `embedding run` does for manifests of this size; "before" is the older checkout's planning, all
-in the driver. The driver's peak RSS is its own (ru_maxrss), reported as the growth over the process's
+in the driver. The driver's peak RSS is its own (VmHWM), reported as the growth over the process's
 RSS after its imports and Ray's start-up.
 
 Bytes read: the read stage of a run (with unit_rows 64) over a single-row-group manifest of 1M rows, every
@@ -31,9 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 PLAN = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     version, path, root = sys.argv[1:4]
-    def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def rss():  # this process's peak RSS: VmHWM starts afresh at exec (ru_maxrss keeps the parent's)
+        status = open("/proc/self/status").read()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
     from embedding.manifest import find_files, plan_units
     from embedding.outputs import Partition
     from embedding.plan import make_plan

@@ -205,8 +205,19 @@ def _chunks(items: list, size: Callable[[Any], int], limit: int) -> list[list]:
     return [g for g in groups if g]
 
 
-def _as_list(parts: Any, n: int) -> list:
-    return parts if isinstance(parts, list | tuple) else [parts]  # Ray returns one ref when n == 1
+def _in_buckets(tasks: LocalTasks | RayTasks, fn: Callable, n: int, *args: Any) -> list:
+    """Submit a task that returns n buckets; one handle per bucket.
+
+    With num_returns=1 Ray returns one handle to the whole list, so a single bucket is unwrapped in the task.
+    """
+    if n == 1:
+        return [tasks.submit(_only_bucket, fn, *args)]
+    return list(tasks.submit(fn, *args, num_returns=n))
+
+
+def _only_bucket(fn: Callable, *args: Any) -> Any:
+    (bucket,) = fn(*args)
+    return bucket
 
 
 def _plan_rows(
@@ -242,20 +253,13 @@ def _plan_rows(
     for uri, file_units in by_file.items():
         for chunk in _chunks(file_units, lambda u: u.num_rows, ROWS_PER_TASK):
             ranges = [(u.start, u.stop) for u in chunk]
-            parts = tasks.submit(
-                fates.manifest_part,
-                chunk[0].file,
-                index[uri],
-                ranges,
-                column,
-                storage_options,
-                n,
-                num_returns=n,
+            parts = _in_buckets(
+                tasks, fates.manifest_part, n, chunk[0].file, index[uri], ranges, column, storage_options, n
             )
-            manifest_parts.append(_as_list(parts, n))
+            manifest_parts.append(parts)
     for group in _chunks(held, lambda c: c.embedded + c.failed + c.frames, ROWS_PER_TASK):
         args = (partition.root, partition.storage_options, partition.tables, partition.version, group, n)
-        committed_parts.append(_as_list(tasks.submit(fates.committed_part, *args, num_returns=n), n))
+        committed_parts.append(_in_buckets(tasks, fates.committed_part, n, *args))
     uris = [f.uri for f in plan.files]
     sizes = [unit_size(f.num_rows, unit_rows) for f in plan.files]
     decisions = [

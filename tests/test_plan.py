@@ -13,7 +13,7 @@ import pytest
 
 from embedding.manifest import find_files, plan_units
 from embedding.outputs import Partition
-from embedding.plan import Plan, make_plan
+from embedding.plan import Plan, RayTasks, make_plan
 from embedding.stages import ReadSettings, unit_rows
 
 UNIT = 4
@@ -24,10 +24,15 @@ def manifest(path: Path, ids: list[str | None]) -> Path:
     return path
 
 
-def plan_for(root: Path, *paths: Path, retry_errors: bool = False) -> tuple[Plan, Partition]:
+def plan_for(
+    root: Path, *paths: Path, retry_errors: bool = False, tasks: RayTasks | None = None
+) -> tuple[Plan, Partition]:
     files = find_files([str(p) for p in paths], {})
     part = Partition(str(root), "image", "v1")
-    plan = make_plan("image", files, plan_units(files, UNIT), part, part.markers(), retry_errors, {}, UNIT)
+    markers = part.markers()
+    plan = make_plan("image", files, plan_units(files, UNIT), part, markers, retry_errors, {}, UNIT, tasks)
+    if tasks is not None:  # the fates stay in Ray's object store until the read stage needs them
+        plan.fates = tasks.get(plan.fates)
     return plan, part
 
 
@@ -194,3 +199,23 @@ def test_planning_in_buckets_gives_the_same_fates(tmp_path: Path, monkeypatch) -
     assert fates(one, tmp_path / "out") == fates(many, tmp_path / "out")
     assert one.counts == many.counts
     assert np.sum([f.num_rows for f in many.fates]) == one.fates[0].num_rows
+
+
+@pytest.mark.parametrize("buckets", [1, 3], ids=["one-bucket", "three-buckets"])
+def test_planning_in_ray_tasks_gives_the_same_fates(
+    tmp_path: Path, monkeypatch, ray_local, buckets: int
+) -> None:
+    """The path large manifests take: the stages run as Ray tasks, with one bucket and with several."""
+    from embedding import plan as planning
+
+    a = manifest(tmp_path / "a.parquet", [f"id{i % 30}" if i % 7 else None for i in range(60)])
+    b = manifest(tmp_path / "b.parquet", [f"id{i}" for i in range(20, 50)])
+    done, part = plan_for(tmp_path / "out", b)
+    commit_as_done(part, done, errors={"id25": "FetchFailed"})
+    local, _ = plan_for(tmp_path / "out", a, b)
+    monkeypatch.setattr(planning, "ROWS_PER_BUCKET", 90 // buckets)
+    monkeypatch.setattr(planning, "ROWS_PER_TASK", 16)
+    remote, _ = plan_for(tmp_path / "out", a, b, tasks=RayTasks())
+    assert len(remote.fates) == buckets
+    assert fates(remote, tmp_path / "out") == fates(local, tmp_path / "out")
+    assert remote.counts == local.counts and remote.counts.duplicates > 0
