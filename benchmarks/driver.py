@@ -8,10 +8,12 @@ nothing and what is left is reading, decoding, writing and the driver. The drive
 user + system time (psutil; its children, Ray's processes, not counted). The marginal CPU per row is the
 difference between the two run sizes divided by the difference in rows, which removes start-up costs.
 
-Runs on local Ray (`ray.num_cpus: 2`) and on a simulated 3-node cluster (`ray.cluster_utils.Cluster`: a head
-for the driver and two worker nodes), then on the cluster with one and with two worker nodes, to show whether
-rows/s follows the workers. "Before" is an older checkout of the project (`--before-repo`, default: a git
-worktree of the commit before the driver handled units only), run with the same stand-in.
+Runs on local Ray (`ray.num_cpus: 2`) and on a simulated 3-node cluster (`ray.cluster_utils.Cluster`: a
+head for the driver and two worker nodes of 1 CPU), then on the cluster with one and with two worker nodes
+of 2 CPUs (`--scaling-only` runs just these), to show whether rows/s follows the workers; a node's CPUs are
+logical, so on a 2-core machine the second node adds decode slots, not cores. "Before" is an older checkout
+of the project (`--before-repo`, default: a git worktree of the commit before the driver handled units
+only), run with the same stand-in.
 """
 
 from __future__ import annotations
@@ -57,9 +59,12 @@ def manifest(folder: Path, rows: int) -> Path:
     return path
 
 
+UNIT_ROWS = 256
+
+
 def config(folder: Path, source: Path, address: str | None) -> Path:
     tree = {
-        "input": {"manifest": str(source), "unit_rows": 256},
+        "input": {"manifest": str(source), "unit_rows": UNIT_ROWS},
         "output": {"root": str(folder / "out")},
         "model": {"version": "demo"},
         "ray": {"address": address} if address else {"num_cpus": 2},
@@ -122,7 +127,7 @@ def measure(repo: Path, sources: dict[int, Path], address: str | None) -> dict:
     }
 
 
-def cluster(workers: int, repo: Path):
+def cluster(workers: int, repo: Path, cpus: int = 1):
     """A simulated cluster whose workers import the project from `repo` and the stand-in encoder."""
     from ray.cluster_utils import Cluster
 
@@ -130,7 +135,7 @@ def cluster(workers: int, repo: Path):
     os.environ["PYTHONPATH"] = f"{repo}:{REPO / 'benchmarks'}"
     simulated = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head: the driver only
     for _ in range(workers):
-        simulated.add_node(num_cpus=1)
+        simulated.add_node(num_cpus=cpus)
     simulated.wait_for_nodes()
     return simulated
 
@@ -147,13 +152,18 @@ def before_repo(path: str | None) -> Path:
 
 
 def main() -> None:
+    global UNIT_ROWS
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, nargs=2, default=[10_000, 50_000])
     parser.add_argument("--before-repo")
     parser.add_argument("--skip-before", action="store_true")
+    parser.add_argument("--unit-rows", type=int, default=UNIT_ROWS, help="input.unit_rows of every run")
+    parser.add_argument("--local-only", action="store_true", help="local Ray only, no simulated cluster")
+    parser.add_argument("--scaling-only", action="store_true", help="only the 1 and 2 worker node runs")
     args = parser.parse_args()
+    UNIT_ROWS = args.unit_rows
     folder = Path("/tmp/bench-driver")
     folder.mkdir(exist_ok=True)
     sources = {rows: manifest(folder, rows) for rows in args.rows}
@@ -161,9 +171,11 @@ def main() -> None:
         {"after": REPO} if args.skip_before else {"before": before_repo(args.before_repo), "after": REPO}
     )
     results: dict = {}
-    for name, repo in versions.items():
+    for name, repo in {} if args.scaling_only else versions.items():
         results[f"{name} local"] = measure(repo, sources, None)
         print(name, "local", json.dumps(results[f"{name} local"]), flush=True)
+        if args.local_only:
+            continue
         simulated = cluster(2, repo)
         try:
             results[f"{name} 3-node"] = measure(repo, sources, simulated.address)
@@ -171,8 +183,8 @@ def main() -> None:
         finally:
             simulated.shutdown()
     largest = {max(args.rows): sources[max(args.rows)]}
-    for workers in (1, 2):
-        simulated = cluster(workers, REPO)
+    for workers in () if args.local_only else (1, 2):
+        simulated = cluster(workers, REPO, cpus=2)  # one node: the encoder's CPU and one to decode
         try:
             results[f"after, {workers} worker node(s)"] = measure(REPO, largest | {}, simulated.address)[
                 "runs"

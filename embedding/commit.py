@@ -45,7 +45,7 @@ class Totals:
     failed_by_code: dict[str, int] = field(default_factory=dict)
     busy_s: dict[str, float] = field(default_factory=dict)
     first_t0: dict[str, float] = field(default_factory=dict)
-    first_t1: dict[str, float] = field(default_factory=dict)  # the end of the stage's first batch
+    first_t1: dict[str, float] = field(default_factory=dict)  # the stage's end in the first unit done
     last_t1: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     encode_wait_s: float = 0.0
@@ -66,6 +66,9 @@ class Totals:
                 self.rows[stage] = self.rows.get(stage, 0) + result["rows"]
                 self.first_t0[stage] = min(
                     self.first_t0.get(stage, result[f"{stage}_t0"]), result[f"{stage}_t0"]
+                )
+                self.first_t1[stage] = min(
+                    self.first_t1.get(stage, result[f"{stage}_t1"]), result[f"{stage}_t1"]
                 )
                 self.last_t1[stage] = max(self.last_t1.get(stage, 0.0), result[f"{stage}_t1"])
         self.encode_wait_s += result["encode_wait_s"]

@@ -195,3 +195,7 @@ def test_output_schema_types_and_metadata(tmp_path: Path, sample_dir: Path, make
     assert all(stages[s]["rows_per_s"] > 0 for s in ("fetch_decode", "encode", "write"))
     assert stages["encode"]["wait_s"] >= 0 and summary["rows_per_s"] > 0
     assert set(summary["versions"]) >= {"ray", "torch", "open_clip_torch"}
+    phases = summary["phases_s"]  # where a run's time went, start-up included, in order
+    assert all(v >= 0 for v in phases.values())
+    assert abs(sum(v for k, v in phases.items() if k != "total") - phases["total"]) < 0.01
+    assert 0 < summary["first_batch_encoded_s"] <= phases["total"]
