@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -75,18 +76,7 @@ def upscaled_photos(out: Path, count: int, seed: int = 0, distinct: int = 400) -
         )
         for i in range(min(count, distinct))
     ]
-    missing = [plan for plan in plans if not plan.path.exists()]
-    if missing:
-        with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
-            pool.map(_make, missing)
-    paths = [plan.path for plan in plans]
-    for i in range(len(plans), count):
-        original = plans[i % len(plans)]
-        path = out / f"photo-{seed}-{i:05d}-{original.megapixels}mp.jpg"
-        if not path.exists():
-            os.link(original.path, path)
-        paths.append(path)
-    return paths
+    return _made(plans, count, lambda i, plan: out / f"photo-{seed}-{i:05d}-{plan.megapixels}mp.jpg")
 
 
 def library_photos(out: Path, count: int, seed: int = 0, distinct: int = 400) -> list[Path]:
@@ -114,16 +104,21 @@ def library_photos(out: Path, count: int, seed: int = 0, distinct: int = 400) ->
                 quality=rng.randint(85, 95),
             )
         )
+    return _made(plans, count, lambda i, plan: out / f"library-{seed}-{i:05d}{plan.path.suffix}")
+
+
+def _made(plans: list[_Plan], count: int, name: Callable[[int, _Plan], Path]) -> list[Path]:
+    """Make the planned photos that are missing (in parallel), then hard-link copies up to `count`."""
     missing = [plan for plan in plans if not plan.path.exists()]
     if missing:
         with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
             pool.map(_make, missing)
     paths = [plan.path for plan in plans]
     for i in range(len(plans), count):
-        original = plans[i % len(plans)].path
-        path = out / f"library-{seed}-{i:05d}{original.suffix}"
+        original = plans[i % len(plans)]
+        path = name(i, original)
         if not path.exists():
-            os.link(original, path)
+            os.link(original.path, path)
         paths.append(path)
     return paths
 
