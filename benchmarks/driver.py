@@ -10,10 +10,10 @@ difference between the two run sizes divided by the difference in rows, which re
 
 Runs on local Ray (`ray.num_cpus: 2`) and on a simulated 3-node cluster (`ray.cluster_utils.Cluster`: a
 head for the driver and two worker nodes of 1 CPU), then on the cluster with one and with two worker nodes
-of 2 CPUs (`--scaling-only` runs just these), to show whether rows/s follows the workers; a node's CPUs are
-logical, so on a 2-core machine the second node adds decode slots, not cores. "Before" is an older checkout
-of the project (`--before-repo`, default: a git worktree of the commit before the driver handled units
-only), run with the same stand-in.
+of 1 CPU whose encoder reserves no CPU (`--scaling-only` runs just these), to show whether rows/s follows
+the workers: on a 2-core machine, the second node is the second core's worth of decoding and writing.
+"Before" is an older checkout of the project (`--before-repo`, default: a git worktree of the commit
+before the driver handled units only), run with the same stand-in.
 """
 
 from __future__ import annotations
@@ -59,18 +59,29 @@ def manifest(folder: Path, rows: int) -> Path:
     return path
 
 
-UNIT_ROWS = 256
+UNIT_ROWS: int | None = None  # None: the job's default
+ACTOR_CPUS = 1.0
+DECODE_TASKS: int | None = None  # preprocess.concurrency (None: Ray decides)
 
 
-def config(folder: Path, source: Path, address: str | None) -> Path:
+def config(folder: Path, source: Path, address: str | None, repo: Path) -> Path:
     tree = {
         "input": {"manifest": str(source), "unit_rows": UNIT_ROWS},
         "output": {"root": str(folder / "out")},
         "model": {"version": "demo"},
         "ray": {"address": address} if address else {"num_cpus": 2},
-        "inference": {"device": "cpu", "batch_size": 256, "stage_class": "standin:InstantStage"},
+        "inference": {
+            "device": "cpu",
+            "batch_size": 256,
+            "stage_class": "standin:InstantStage",
+            "num_cpus_per_actor": ACTOR_CPUS,
+        },
         "index": {"enabled": False},
     }
+    if DECODE_TASKS:
+        tree["preprocess"] = {"concurrency": DECODE_TASKS}
+    if repo == REPO:  # this measures the Ray plan, whatever the run's size (older checkouts have no choice)
+        tree["run"] = {"executor": "ray"}
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
@@ -80,7 +91,7 @@ def one_run(repo: Path, source: Path, address: str | None) -> dict:
     """A fresh `embedding run`; returns its wall time, the driver's CPU seconds and the summary."""
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         folder = Path(tmp)
-        path = config(folder, source, address)
+        path = config(folder, source, address, repo)
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": f"{repo}:{REPO / 'benchmarks'}"}
         env.pop("RAY_ADDRESS", None)
         started = time.perf_counter()
@@ -153,14 +164,14 @@ def before_repo(path: str | None) -> Path:
 
 
 def main() -> None:
-    global UNIT_ROWS
+    global UNIT_ROWS, ACTOR_CPUS, DECODE_TASKS
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, nargs=2, default=[10_000, 50_000])
     parser.add_argument("--before-repo")
     parser.add_argument("--skip-before", action="store_true")
-    parser.add_argument("--unit-rows", type=int, default=UNIT_ROWS, help="input.unit_rows of every run")
+    parser.add_argument("--unit-rows", type=int, help="input.unit_rows of every run (default: the job's)")
     parser.add_argument("--local-only", action="store_true", help="local Ray only, no simulated cluster")
     parser.add_argument("--scaling-only", action="store_true", help="only the 1 and 2 worker node runs")
     args = parser.parse_args()
@@ -183,13 +194,22 @@ def main() -> None:
             print(name, "3-node", json.dumps(results[f"{name} 3-node"]), flush=True)
         finally:
             simulated.shutdown()
+    # Scaling on one node: one decode task at a time, then two (the instant encoder reserves no CPU).
+    ACTOR_CPUS = 0.0
+    for tasks in () if args.local_only else (1, 2):
+        DECODE_TASKS = tasks
+        key = f"after, local Ray, {tasks} decode task(s)"
+        results[key] = measure(REPO, {max(args.rows): sources[max(args.rows)]}, None)["runs"]
+        print(key, json.dumps(results[key]), flush=True)
+    DECODE_TASKS = None
+    # Scaling: worker nodes of 1 CPU each, the instant stand-in encoder reserving none, so each node adds
+    # one decode-and-write slot; the driver and the encoder share the rest. Two such nodes use this
+    # machine's two cores, so what grows with the second node is the workers' capacity alone.
     largest = {max(args.rows): sources[max(args.rows)]}
     for workers in () if args.local_only else (1, 2):
-        simulated = cluster(workers, REPO, cpus=2)  # one node: the encoder's CPU and one to decode
+        simulated = cluster(workers, REPO, cpus=1)
         try:
-            results[f"after, {workers} worker node(s)"] = measure(REPO, largest | {}, simulated.address)[
-                "runs"
-            ]
+            results[f"after, {workers} worker node(s)"] = measure(REPO, largest, simulated.address)["runs"]
         finally:
             simulated.shutdown()
         print(

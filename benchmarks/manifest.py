@@ -51,7 +51,7 @@ PLAN = textwrap.dedent(
     units = plan_units(files, 256)
     part = Partition(root, "image", "demo")
     if version == "after":
-        plan = make_plan("image", files, units, part, {}, False, {}, 256, RayTasks())
+        plan = make_plan("image", files, units, part, {}, False, {}, RayTasks())
         counts = plan.counts.__dict__
     else:
         plan = make_plan("image", files, units, part, {}, False, {})
@@ -91,7 +91,7 @@ READ = textwrap.dedent(
     if version == "after":
         from embedding.plan import make_plan
         from embedding.stages import ReadSettings, unit_rows
-        plan = make_plan("image", files, units, part, {}, False, {}, 64)
+        plan = make_plan("image", files, units, part, {}, False, {})
         planned = counted["bytes"]
         settings = ReadSettings("image", [], True, False, {}, root, {}, "demo", False)
         rows = sum(t.num_rows for task in plan.reads for _, t in unit_rows(task, settings, plan.fates))

@@ -26,6 +26,12 @@ class RunConfig(Section):
     # One writer per output root and model version: a run's lease is taken over by another run only when
     # its heartbeat (every lease_timeout_s / 4) has stopped for this long (the run died).
     lease_timeout_s: float = Field(default=60.0, gt=0)
+    # Where the stages run. "ray": Ray Data tasks and actors. "standalone": no Ray; the model in this
+    # process, decoding in a pool of worker processes (starts in seconds; a row that crashes the model
+    # process ends the run, where Ray would isolate it). "auto": standalone for a run on this machine (no
+    # ray.address or RAY_ADDRESS) of at most standalone_max_rows rows, unless the output's last run died.
+    executor: Literal["auto", "ray", "standalone"] = "auto"
+    standalone_max_rows: int = Field(default=10_000, ge=0)
 
 
 class RayConfig(Section):
@@ -42,8 +48,8 @@ class InputConfig(Section):
     manifest: list[str] = Field(default_factory=list)  # paths, URLs or globs
     kind: Literal["auto", "image", "text"] = "auto"
     carry_columns: list[str] = Field(default_factory=lambda: ["caption", "tags"])
-    # Rows per commit unit (and per decode task). Unset: 256, less for a small file, so that it still makes
-    # about 8 units and every CPU decodes while the model encodes (embedding.manifest.unit_size).
+    # Rows per commit unit (and per decode task). Unset: an eighth of each file, 16 to 1,024 rows, so that a
+    # small file still keeps every CPU busy and a large one costs the driver little (manifest.unit_size).
     unit_rows: int | None = Field(default=None, ge=1)
     allowed_schemes: list[str] = Field(
         default_factory=lambda: ["file", "s3", "gs", "gcs", "http", "https", "inline"]

@@ -61,12 +61,9 @@ def check_same(
 
 def check_width(name: str, spec: ModelVersionSpec) -> None:
     """Refuse a version whose declared `dim` is not what its architecture outputs (checked at start)."""
-    import open_clip  # here, not at import: the service's search replicas use this module without torch
+    from embedding.models.catalog import model_config
 
-    config = (
-        open_clip.get_model_config(spec.architecture) if not spec.architecture.startswith("hf-hub:") else None
-    )
-    width = (config or {}).get("embed_dim")
+    width = (model_config(spec.architecture) or {}).get("embed_dim")
     if width is not None and width != spec.dim:
         raise ConfigError(
             f"model version '{name}': dim is {spec.dim} but architecture {spec.architecture} outputs vectors "
@@ -77,9 +74,8 @@ def check_width(name: str, spec: ModelVersionSpec) -> None:
 def identity_for(cfg: Config) -> dict[str, Any]:
     """The identity of the configured model version (its weights are checked to be on this machine)."""
     from embedding.cache import file_sha256
-    from embedding.models import check_available
-    from embedding.models.loading import expected_sha256, preprocess_for
-    from embedding.models.registry import locate_weights
+    from embedding.models import check_available, locate_weights, preprocess_for
+    from embedding.models.registry import expected_sha256
 
     version = cfg.model.version
     spec = check_available(version, cfg.model)

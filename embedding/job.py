@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from embedding import redact
-from embedding.cluster import connect_ray, gpus_per_actor
+from embedding.cluster import connect_ray, gpus_per_actor, ray_address
 from embedding.commit import Committer
 from embedding.config import Config, ModelVersionSpec
 from embedding.errors import ConfigError
@@ -29,19 +29,18 @@ from embedding.manifest import (
     find_files,
     list_manifest,
     plan_units,
-    unit_size,
 )
 from embedding.media import MediaSettings
-from embedding.models import check_available
-from embedding.models.loading import preprocess_for
+from embedding.models import check_available, preprocess_for
 from embedding.outputs import Partition
 from embedding.overwrite import recover_overwrites, replace_with, shadow_partition
 from embedding.pipeline import StageSettings, load_stage_class, run_stream
-from embedding.plan import LocalTasks, RayTasks, make_plan
+from embedding.plan import LocalTasks, Plan, RayTasks, make_plan
 from embedding.schemas import OutputSchemas, file_metadata
 from embedding.sink import WriteSettings
 from embedding.sources import SourceSettings
 from embedding.stages import ReadSettings
+from embedding.standalone import Stopped, remaining, run_standalone
 from embedding.summary import Phases, build_summary, new_run_id, package_versions, save_config, save_summary
 from embedding.text import TextLimits
 from embedding.video import VideoSettings
@@ -136,7 +135,7 @@ def _metadata(job: Prepared, run_id: str) -> dict[str, str]:
     )
 
 
-def _settings(job: Prepared, run_id: str, partition: Partition, gpus: float) -> StageSettings:
+def _settings(job: Prepared, run_id: str, partition: Partition, plan: Plan, gpus: float) -> StageSettings:
     cfg = job.cfg
     names = set().union(*(f.schema.names for f in job.files))
     # The policy of what rows may name; the read stage narrows it for manifests that are not local files.
@@ -168,9 +167,7 @@ def _settings(job: Prepared, run_id: str, partition: Partition, gpus: float) -> 
         text_limits=TextLimits(limits.min_text_words, limits.max_text_words),
         write=write,
         num_gpus_per_actor=gpus,
-        units_per_call=max(
-            1, cfg.inference.batch_size // max(unit_size(f.num_rows, cfg.input.unit_rows) for f in job.files)
-        ),
+        units_per_call=max(1, cfg.inference.batch_size // max(u.stop - u.start for u in plan.todo.values())),
     )
 
 
@@ -199,15 +196,36 @@ def _start_up(target: Partition, job: Prepared) -> None:
         )
 
 
-def _prepare_while_ray_starts(cfg: Config) -> Prepared:
+# A local manifest this small is read and checked before deciding whether Ray is needed at all (a few
+# hundred ms at most); a larger one is checked while Ray starts, as a run that large needs it anyway.
+SMALL_MANIFEST_BYTES = 256 * 1024 * 1024
+
+
+def _standalone(cfg: Config, job: Prepared) -> bool:
+    """Whether this run goes without Ray (embedding.standalone; `run.executor`)."""
+    if cfg.run.executor != "auto":
+        return cfg.run.executor == "standalone"
+    rows = sum(f.num_rows for f in job.files)
+    return ray_address(cfg.ray) is None and rows <= cfg.run.standalone_max_rows
+
+
+def _prepare_while_ray_starts(cfg: Config) -> tuple[Prepared, bool]:
     """The start-time checks and the manifest's listing, while Ray starts: the two fixed costs overlap.
+    Returns the checked job and whether it runs without Ray (then Ray is not started).
 
     Cheap checks that fail often (an unknown version, missing weights, a wrong width, a manifest path that
     names nothing) come first, so a bad config still fails before Ray starts. Ray starts in this (the main)
-    thread; reading the files' metadata, their digests and the model's identity run beside it.
+    thread; reading the files' metadata, their digests and the model's identity run beside it. A small
+    manifest of a run without a cluster is checked first instead: it may need no Ray at all.
     """
     check_width(cfg.model.version, check_available(cfg.model.version, cfg.model))
     listing = list_manifest(cfg.input.manifest, cfg.input.storage_options)
+    listed = sum(info.get("size") or 0 for _, info in listing)
+    if cfg.run.executor == "standalone" or (
+        cfg.run.executor == "auto" and ray_address(cfg.ray) is None and listed <= SMALL_MANIFEST_BYTES
+    ):
+        job = prepare(cfg, listing)
+        return job, _standalone(cfg, job)
     with cf.ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
         prepared = pool.submit(prepare, cfg, listing)
         try:
@@ -215,7 +233,29 @@ def _prepare_while_ray_starts(cfg: Config) -> Prepared:
         except BaseException:
             prepared.cancel()
             raise
-        return prepared.result()
+        job = prepared.result()
+        return job, _standalone(cfg, job)
+
+
+def _run_stages(
+    plan: Plan, job: Prepared, run_id: str, partition: Partition, committer: Committer, standalone: bool
+) -> tuple[dict[str, int], str]:
+    """Write the plan's units without Ray or on Ray; returns the rows of each round and the executor."""
+    cfg = job.cfg
+    if standalone:
+        settings = _settings(job, run_id, partition, plan, 0.0)
+        try:
+            return run_standalone(plan, cfg, settings, committer), "standalone"
+        except Stopped as exc:
+            log.warning(
+                "the run without Ray stopped (%s); the %d units left run on Ray, which isolates the row",
+                exc,
+                len(committer.todo),
+            )
+            plan = remaining(plan, committer)
+    connect_ray(cfg.ray)
+    settings = _settings(job, run_id, partition, plan, gpus_per_actor(cfg))
+    return run_stream(plan, cfg, settings, committer), "standalone, then ray" if standalone else "ray"
 
 
 def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
@@ -224,7 +264,7 @@ def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
     phases.end("driver_start")
     started = time.time()
     redact.install(cfg.model_dump(mode="json"))  # secrets of the config never reach the log
-    job = _prepare_while_ray_starts(cfg)
+    job, standalone = _prepare_while_ray_starts(cfg)
     phases.end("checks_ray_start")
     run_id = new_run_id()
     target = Partition(cfg.output.root, job.kind, cfg.model.version, cfg.output.storage_options)
@@ -232,10 +272,17 @@ def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
         _start_up(target, job)
         save_config(cfg, run_id)
         partition = shadow_partition(target, run_id) if cfg.run.mode == "overwrite" else target
+        if standalone and lease.took_over and cfg.run.executor == "auto":
+            log.warning(
+                "the last run of this output died; this one runs on Ray, which isolates a crashing row"
+            )
+            standalone = False
         markers = partition.markers()
-        units = plan_units(job.files, cfg.input.unit_rows)
+        units = plan_units(job.files, cfg.input.unit_rows, markers)
         held = sum(m["rows_embedded"] + m["rows_failed"] for m in markers.values())
-        big = sum(f.num_rows for f in job.files) + held > LOCAL_PLAN_ROWS
+        big = not standalone and sum(f.num_rows for f in job.files) + held > LOCAL_PLAN_ROWS
+        if big:
+            connect_ray(cfg.ray)
         plan = make_plan(
             job.kind,
             job.files,
@@ -244,7 +291,6 @@ def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
             markers,
             cfg.run.retry_errors,
             cfg.input.storage_options,
-            cfg.input.unit_rows,
             RayTasks() if big else LocalTasks(),
         )
         if partition.identity() is None:
@@ -256,10 +302,9 @@ def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
             "compression": cfg.output.compression,
         }
         committer = Committer(partition, plan, run_id, marker_base, finalize=None)
-        rounds = {"first": 0, "isolated": 0, "crashed": 0}
+        rounds, executor = {"first": 0, "isolated": 0, "crashed": 0}, "none"
         if plan.todo:
-            settings = _settings(job, run_id, partition, gpus_per_actor(cfg))
-            rounds = run_stream(plan, cfg, settings, committer)
+            rounds, executor = _run_stages(plan, job, run_id, partition, committer, standalone)
         phases.end("pipeline")
         lease.check()
         if committer.todo:
@@ -283,6 +328,7 @@ def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
         summary = build_summary(cfg, run_id, job.kind, plan.counts, committer.totals, rounds, started, phases)
         first = committer.totals.first_t1.get("encode")
         summary["first_batch_encoded_s"] = round(first - phases.origin, 3) if first else None
+        summary["executor"] = executor
         if index is not None:
             summary["index"] = index
         save_summary(cfg, run_id, summary)

@@ -43,6 +43,7 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = False
+        self.took_over: dict[str, Any] | None = None  # the lease of a run that died, when this one took it
 
     def _body(self) -> dict[str, Any]:
         return {
@@ -85,6 +86,7 @@ class Lease:
             )
             # Remove the very lease we read, never one that another run created since.
             remove_if_unchanged(fs, self.path, raw)
+            self.took_over = holder
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.run_id}", daemon=True)
         self._thread.start()
         return self

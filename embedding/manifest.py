@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import math
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -190,22 +192,44 @@ def unit_id(uri: str, version: str, start: int, stop: int) -> str:
     return hashlib.sha256(f"{uri}\n{version}\n{start}\n{stop}".encode()).hexdigest()[:20]
 
 
+def unit_id_of(f: ManifestFile, start: int, stop: int) -> str:
+    return unit_id(f.uri, f.version, start, stop)
+
+
+# The largest default unit. The driver's cost is per unit (about 30-50 ms of Ray Data bookkeeping and a
+# commit), so large files need large units to keep it near 0.05 ms a row; a decode task holds its unit's
+# pixels (1,024 rows of 224 x 224 px: 154 MB), which is what bounds it (docs/benchmarks.md, driver).
+DEFAULT_MAX_UNIT_ROWS = 1024
+
+
 def unit_size(num_rows: int, unit_rows: int | None) -> int:
-    """Rows per unit of a file: `input.unit_rows`, or by default 256, and for a small file as many as give
-    it about 8 units (at least 16 rows each), so that a few hundred rows still keep every CPU busy. The
-    size depends on the file's row count alone, so the same file always gets the same units."""
+    """Rows per unit of a file: `input.unit_rows`, or by default an eighth of the file (at least 16 rows, at
+    most DEFAULT_MAX_UNIT_ROWS), so that a few hundred rows still keep every CPU busy and a large file is
+    cut into units as large as memory allows. The size depends on the file's row count alone, so the same
+    file always gets the same units."""
     if unit_rows:
         return unit_rows
-    return max(16, min(256, math.ceil(num_rows / 8)))
+    return max(16, min(DEFAULT_MAX_UNIT_ROWS, math.ceil(num_rows / 8)))
 
 
-def plan_units(files: list[ManifestFile], unit_rows: int | None) -> list[Unit]:
+def plan_units(
+    files: list[ManifestFile], unit_rows: int | None, markers: Mapping[str, Any] | None = None
+) -> list[Unit]:
+    """Each file cut into units. A file with committed units keeps the size it was committed with (a changed
+    `input.unit_rows`, or default, applies to files not started yet), so a resumed run never rewrites them:
+    the size is the stop of the file's first unit, when that unit's id says it is this file's content."""
+    first_stops: dict[str, list[int]] = {}
+    for marker in (markers or {}).values():  # embedding.outputs.Marker
+        if marker.body.get("start") == 0:
+            first_stops.setdefault(marker.body.get("source_file"), []).append(marker.body.get("stop"))
+    ids = set(markers or ())
     units = []
     for f in files:
-        size = unit_size(f.num_rows, unit_rows)
+        committed = [s for s in first_stops.get(f.uri, []) if unit_id_of(f, 0, s) in ids]
+        size = committed[0] if committed else unit_size(f.num_rows, unit_rows)
         for start in range(0, f.num_rows, size):
             stop = min(start + size, f.num_rows)
-            units.append(Unit(unit_id(f.uri, f.version, start, stop), f, start, stop))
+            units.append(Unit(unit_id_of(f, start, stop), f, start, stop))
     return units
 
 

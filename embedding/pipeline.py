@@ -21,13 +21,13 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from embedding.commit import Committer
 from embedding.config import Config
 from embedding.decoding import check_texts, decode_images
-from embedding.encoder import ImageEncodeStage, TextEncodeStage
 from embedding.errors import ConfigError
 from embedding.media import MediaSettings
 from embedding.plan import Plan, ReadTask, UnitTask
@@ -63,6 +63,39 @@ def load_stage_class(path: str) -> type:
         raise ConfigError(f"inference.stage_class: cannot import {path!r}: {exc}") from exc
 
 
+def stage_functions(cfg: Config, settings: StageSettings) -> tuple[Callable, dict[str, Any], str]:
+    """The decode (or text check) function with its keyword arguments, and the encoder stage's class path
+    (imported where the model runs: the driver of a Ray run never imports torch)."""
+    if settings.kind == "image":
+        prepare, kwargs, stage = (
+            decode_images,
+            {"settings": settings.decode},
+            "embedding.encoder:ImageEncodeStage",
+        )
+    else:
+        prepare, kwargs, stage = (
+            check_texts,
+            {"limits": settings.text_limits},
+            "embedding.encoder:TextEncodeStage",
+        )
+    return prepare, kwargs, cfg.inference.stage_class or stage
+
+
+def make_stage(path: str, settings: StageSettings, cfg: Config) -> Any:
+    """The encoder stage of a class path, with its model loaded."""
+    return load_stage_class(path)(version=settings.version, model_cfg=cfg.model, inference=cfg.inference)
+
+
+class EncodeActor:
+    """Ray Data's actor class for the encoder: it imports and builds the stage in the actor's process."""
+
+    def __init__(self, path: str, settings: StageSettings, cfg: Config):
+        self.stage = make_stage(path, settings, cfg)
+
+    def __call__(self, batch: Any) -> Any:
+        return self.stage(batch)
+
+
 def _cluster_cpus() -> int:
     import ray
 
@@ -80,12 +113,7 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
 
     inference, prep = cfg.inference, cfg.preprocess
     cpus = _cluster_cpus()
-    if settings.kind == "image":
-        prepare, kwargs, stage = decode_images, {"settings": settings.decode}, ImageEncodeStage
-    else:
-        prepare, kwargs, stage = check_texts, {"limits": settings.text_limits}, TextEncodeStage
-    if inference.stage_class:
-        stage = load_stage_class(inference.stage_class)
+    prepare, kwargs, stage = stage_functions(cfg, settings)
     ds = ray.data.from_items([{"task": t.to_json()} for t in tasks], override_num_blocks=max(1, len(tasks)))
     read_kwargs = {"settings": settings.read, "buckets": buckets}
     if isolate:
@@ -134,12 +162,8 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
         # max_restarts/max_task_retries can only be passed as remote args, which Ray 2.5x marks deprecated.
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(
-            stage,
-            fn_constructor_kwargs={
-                "version": settings.version,
-                "model_cfg": cfg.model,
-                "inference": inference,
-            },
+            EncodeActor,
+            fn_constructor_kwargs={"path": stage, "settings": settings, "cfg": cfg},
             # Whole units per call: as many as fill a model batch (the encoder cuts its rows into batches of
             # inference.batch_size), one when isolating.
             batch_size=1 if isolate else settings.units_per_call,
@@ -176,22 +200,32 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
 PROGRESS_EVERY_S = 5.0
 
 
+class Progress:
+    """A line on stderr every few seconds: units committed, vectors, vectors/s (when there are no bars)."""
+
+    def __init__(self, committer: Committer, quiet: bool = False):
+        self.committer, self.quiet = committer, quiet
+        self.total = len(committer.todo)
+        self.started = self.last = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.quiet or now - self.last < PROGRESS_EVERY_S:
+            return
+        done = self.total - len(self.committer.todo)
+        rows = self.committer.totals.embedded + self.committer.totals.frames
+        rate = rows / (now - self.started)
+        print(f"progress: {done}/{self.total} units committed, {rows} vectors, {rate:.1f}/s", file=sys.stderr)
+        sys.stderr.flush()
+        self.last = now
+
+
 def _drain(ds, committer: Committer, bars: bool) -> None:
     """Commit every unit the plan writes; without progress bars (not a terminal), a line every few s."""
-    total = len(committer.todo)
-    started = last = time.monotonic()
+    progress = Progress(committer, quiet=bars)
     for results in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
         committer.take(results)
-        now = time.monotonic()
-        if not bars and now - last >= PROGRESS_EVERY_S:
-            done = total - len(committer.todo)
-            rows = committer.totals.embedded + committer.totals.frames
-            print(
-                f"progress: {done}/{total} units committed, {rows} vectors, {rows / (now - started):.1f}/s",
-                file=sys.stderr,
-                flush=True,
-            )
-            last = now
+        progress.tick()
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from typing import Any
 
 from embedding import fates
 from embedding.errors import TRANSIENT_CODES, ErrorCode
-from embedding.manifest import IMAGE_ID, TEXT_ID, ManifestFile, Unit, unit_size
+from embedding.manifest import IMAGE_ID, TEXT_ID, ManifestFile, Unit
 from embedding.outputs import Marker, Partition
 
 MANIFEST_CODES = frozenset({ErrorCode.INVALID_MANIFEST_ROW, ErrorCode.DUPLICATE_ID})
@@ -163,7 +163,6 @@ def make_plan(
     markers: dict[str, Marker],
     retry_errors: bool,
     storage_options: dict,
-    unit_rows: int | None,
     tasks: LocalTasks | RayTasks | None = None,
 ) -> Plan:
     """Decide the fate of every manifest row (see the module docstring)."""
@@ -188,7 +187,8 @@ def make_plan(
     plan = Plan(kind, files, todo, _read_tasks(files, units, todo), superseded, {}, [], counts)
     new_units = [u for u in units if u.unit_id in todo and todo[u.unit_id].mode == "new"]
     if new_units:
-        _plan_rows(plan, new_units, partition, markers, current_ids, storage_options, unit_rows, tasks)
+        sizes = {u.file.uri: u.num_rows for u in units if u.start == 0}  # each file's unit size
+        _plan_rows(plan, new_units, partition, markers, current_ids, storage_options, sizes, tasks)
     return plan
 
 
@@ -227,7 +227,7 @@ def _plan_rows(
     markers: dict[str, Marker],
     current_ids: set[str],
     storage_options: dict,
-    unit_rows: int | None,
+    unit_sizes: dict[str, int],
     tasks: LocalTasks | RayTasks,
 ) -> None:
     """Run the two stages of embedding.fates over the new units' rows and the committed ids."""
@@ -261,7 +261,7 @@ def _plan_rows(
         args = (partition.root, partition.storage_options, partition.tables, partition.version, group, n)
         committed_parts.append(_in_buckets(tasks, fates.committed_part, n, *args))
     uris = [f.uri for f in plan.files]
-    sizes = [unit_size(f.num_rows, unit_rows) for f in plan.files]
+    sizes = [unit_sizes.get(f.uri, 1) for f in plan.files]  # 1: a file of no rows
     decisions = [
         tasks.submit(
             _decide,

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedding.errors import ConfigError
-from embedding.manifest import detect_kind, find_files, plan_units, read_rows, resolve_uri
+from embedding.manifest import detect_kind, find_files, plan_units, read_rows, resolve_uri, unit_size
 
 
 def write_manifest(path: Path, n: int, row_group_size: int | None = None, **extra) -> Path:
@@ -25,6 +25,18 @@ def test_units_are_stable_and_change_with_the_file(tmp_path: Path) -> None:
     write_manifest(path, 12)
     changed = plan_units(find_files([str(path)], {}), 4)
     assert not {u.unit_id for u in changed} & {u.unit_id for u in first}
+
+
+@pytest.mark.parametrize(
+    ("rows", "unit_rows", "size"),
+    [(5, None, 16), (400, None, 50), (2_000, None, 250), (100_000, None, 1024), (100_000, 64, 64)],
+)
+def test_default_units_are_an_eighth_of_a_file_and_grow_to_a_cap(
+    rows: int, unit_rows: int | None, size: int
+) -> None:
+    """A few hundred rows still make about 8 units (every CPU decodes); a large file gets units as large as
+    the driver's per-unit cost asks for; `input.unit_rows` wins."""
+    assert unit_size(rows, unit_rows) == size
 
 
 def test_globs_folders_and_lists(tmp_path: Path) -> None:

@@ -25,12 +25,16 @@ def manifest(path: Path, ids: list[str | None]) -> Path:
 
 
 def plan_for(
-    root: Path, *paths: Path, retry_errors: bool = False, tasks: RayTasks | None = None
+    root: Path,
+    *paths: Path,
+    retry_errors: bool = False,
+    tasks: RayTasks | None = None,
+    unit: int | None = UNIT,
 ) -> tuple[Plan, Partition]:
     files = find_files([str(p) for p in paths], {})
     part = Partition(str(root), "image", "v1")
     markers = part.markers()
-    plan = make_plan("image", files, plan_units(files, UNIT), part, markers, retry_errors, {}, UNIT, tasks)
+    plan = make_plan("image", files, plan_units(files, unit, markers), part, markers, retry_errors, {}, tasks)
     if tasks is not None:  # the fates stay in Ray's object store until the read stage needs them
         plan.fates = tasks.get(plan.fates)
     return plan, part
@@ -137,6 +141,41 @@ def test_committed_units_are_skipped_and_their_errors_retried(tmp_path: Path) ->
         ("a.parquet", 2),
         ("a.parquet", 5),
     ]
+
+
+def test_a_file_keeps_the_unit_size_it_was_committed_with(tmp_path: Path) -> None:
+    """A changed `input.unit_rows` (or default) applies to new files: committed units are never rewritten,
+    a half-done file resumes with its own units, and each row is in exactly one unit."""
+    a = manifest(tmp_path / "a.parquet", [f"a{i}" for i in range(10)])
+    plan, part = plan_for(tmp_path / "out", a)  # units of 4: rows 0-3, 4-7, 8-9
+    commit_as_done(part, plan)
+    b = manifest(tmp_path / "b.parquet", [f"b{i}" for i in range(10)])
+    for unit, b_units in ((8, [(0, 8), (8, 10)]), (None, [(0, 10)])):  # another size; the default (>= 16)
+        plan, _ = plan_for(tmp_path / "out", a, b, unit=unit)
+        assert not plan.superseded and plan.counts.units_skipped == 3
+        assert sorted((u.start, u.stop) for u in plan.todo.values()) == b_units
+        assert sorted(fates(plan, tmp_path / "out")) == [("b.parquet", r) for r in range(10)]
+    # A file interrupted half-way resumes with the size of its committed units.
+    c = manifest(tmp_path / "c.parquet", [f"c{i}" for i in range(10)])
+    plan, part = plan_for(tmp_path / "out", c, unit=3)
+    commit_as_done(part, _only(plan, [u for u in plan.todo.values() if u.start < 6]))
+    again, _ = plan_for(tmp_path / "out", a, c, unit=None)
+    assert not again.superseded and sorted((u.start, u.stop) for u in again.todo.values()) == [
+        (6, 9),
+        (9, 10),
+    ]
+    assert sorted(fates(again, tmp_path / "out")) == [("c.parquet", r) for r in range(6, 10)]
+
+
+def _only(plan: Plan, units: list) -> Plan:
+    """The plan narrowed to some of its units (a run killed after committing them)."""
+    keep = {u.unit_id for u in units}
+    reads = [
+        type(task)(task.file_uri, task.file_index, tuple(u for u in task.units if u.unit_id in keep))
+        for task in plan.reads
+    ]
+    plan.reads = [t for t in reads if t.units]
+    return plan
 
 
 def test_a_changed_file_adopts_embedded_rows_and_drops_removed_ones(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def setup(
 ) -> tuple[Plan, Partition, WriteSettings]:
     files = find_files([str(p) for p in paths], {})
     part = Partition(str(tmp_path / "out"), "image", "v1")
-    plan = make_plan("image", files, plan_units(files, 4), part, part.markers(), retry_errors, {}, 4)
+    plan = make_plan("image", files, plan_units(files, 4), part, part.markers(), retry_errors, {})
     schemas = OutputSchemas("image", DIM, "float32", [], file_metadata({"model_version": "v1"}))
     return plan, part, WriteSettings(schemas, part.root, {}, "v1", "zstd")
 

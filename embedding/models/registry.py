@@ -6,16 +6,15 @@ so a version whose weights are missing fails at once with a message that says wh
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
-
 from embedding.config import ModelConfig, ModelVersionSpec
 from embedding.errors import ConfigError
+from embedding.models.catalog import CONFIG_DIR, is_weights_file, pretrained_cfg, pretrained_tags
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "demo" / "weights" / "demo.safetensors"
 DEMO_ARCHITECTURE = "embedding-demo"
 
@@ -61,6 +60,8 @@ def register_architectures() -> None:
     """Make the project's own architectures (embedding-demo) known to open_clip; idempotent."""
     global _registered
     if not _registered:
+        import open_clip
+
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
 
@@ -120,7 +121,7 @@ def locate_weights(name: str, spec: ModelVersionSpec) -> WeightsLocation:
     weights = spec.weights
     if weights is None:
         return WeightsLocation(None, not tokenizer_problem, tokenizer_problem)
-    if os.sep in weights or weights.endswith((".safetensors", ".bin", ".pt", ".pth")):
+    if is_weights_file(weights):
         if not os.path.isfile(weights):
             problem = (
                 f"model version '{name}' needs the weights file {weights}, which does not exist; "
@@ -129,9 +130,9 @@ def locate_weights(name: str, spec: ModelVersionSpec) -> WeightsLocation:
             return WeightsLocation(None, False, problem)
         return WeightsLocation(weights, not tokenizer_problem, tokenizer_problem)
     arch = spec.architecture
-    cfg = open_clip.get_pretrained_cfg(arch, weights)
+    cfg = pretrained_cfg(arch, weights)
     if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
+        tags = pretrained_tags(arch)
         problem = (
             f"model version '{name}': '{weights}' is neither a file nor a pretrained tag of open_clip "
             f"model {arch} (tags: {', '.join(tags) or 'none'})"
@@ -151,6 +152,30 @@ def locate_weights(name: str, spec: ModelVersionSpec) -> WeightsLocation:
             problem += "; also " + tokenizer_problem
         return WeightsLocation(None, False, problem)
     return WeightsLocation(found, not tokenizer_problem, tokenizer_problem)
+
+
+class WeightsUnavailable(ConfigError):
+    """A version's weights or tokenizer files are not on this machine."""
+
+
+def check_available(name: str, config: ModelConfig | None = None) -> ModelVersionSpec:
+    """Raise WeightsUnavailable (one clear sentence) unless the version can be loaded here."""
+    spec = get_version(name, config)
+    location = locate_weights(name, spec)
+    if not location.available:
+        raise WeightsUnavailable(location.problem)
+    return spec
+
+
+def expected_sha256(spec: ModelVersionSpec, weights_path: str | None) -> str | None:
+    """The checksum a version's weights must have: from the spec, or from the `.json` shipped beside them."""
+    if spec.sha256:
+        return spec.sha256.lower()
+    if weights_path:
+        sidecar = Path(weights_path).with_suffix(".json")
+        if sidecar.is_file():
+            return json.loads(sidecar.read_text()).get("sha256")
+    return None
 
 
 def _split_hub(hub: str) -> tuple[str, str]:

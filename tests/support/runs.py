@@ -24,7 +24,8 @@ def write_config(path: Path, manifest: str, root: str, **sections: dict) -> Path
         "ray": {"num_cpus": 2},
         "inference": {"device": "cpu", "batch_size": 8},
         "index": {"enabled": False},
-        "run": {"lease_timeout_s": 2},  # a killed run's lease is free again soon (wait_for_free_lease)
+        # A killed run's lease is free again soon (wait_for_free_lease); the stages run on Ray.
+        "run": {"lease_timeout_s": 2, "executor": "ray"},
     }
     for name, values in sections.items():
         tree.setdefault(name, {}).update(values)

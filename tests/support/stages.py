@@ -37,6 +37,16 @@ class CrashingStage(ImageEncodeStage):
         return super().process(batch)
 
 
+class FailingStage(ImageEncodeStage):
+    """The stage itself raises whenever a batch holds a poison row: not a model error (an error row) but
+    a failed task, as a bug or a broken library would make."""
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        if any(i and i.startswith(POISON_ID) for i in batch.column("id").to_pylist()):
+            raise RuntimeError("planted failure of the whole stage")
+        return super().process(batch)
+
+
 class SlowStage(ImageEncodeStage):
     """A slow model (0.2 s a batch), so a test can act while the encoder runs."""
 

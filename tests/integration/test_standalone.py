@@ -1,0 +1,97 @@
+"""The in-process executor (embedding.inprocess): what Ray writes, without starting Ray; and Ray when it
+must: a stage that fails a whole unit, a run that died before, a manifest over `run.standalone_max_rows`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from embedding.errors import ErrorCode
+from embedding.job import run
+from tests.faults.test_poison import poisoned_manifest
+from tests.integration.test_job import bad_and_odd_manifest
+from tests.support.runs import assert_same_outputs, outputs, start_run, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_in_process_writes_what_ray_writes(tmp_path: Path, sample_dir: Path, make_config) -> None:
+    manifest, expected = bad_and_odd_manifest(tmp_path, sample_dir)
+    on_ray = make_config(str(manifest), output={"root": str(tmp_path / "ray")})
+    here = make_config(str(manifest), output={"root": str(tmp_path / "here")}, run={"executor": "auto"})
+    assert run(on_ray)["executor"] == "ray"
+    summary = run(here)
+    assert summary["executor"] == "standalone"
+    assert_same_outputs(tmp_path / "here", tmp_path / "ray")
+    vectors, errors = outputs(tmp_path / "here")
+    assert {i for i, code in expected.items() if code is None} <= set(vectors)
+    assert sorted(set(errors.values())) == sorted(
+        {c for c in expected.values() if c} | {ErrorCode.DUPLICATE_ID}
+    )
+    again = run(here)  # a rerun finds everything committed, whichever executor wrote it
+    assert again["executor"] == "none" and again["rows"]["skipped_done"] == summary["rows"]["in"]
+
+
+def test_a_small_run_starts_no_ray(tmp_path: Path, sample_dir: Path) -> None:
+    """The whole command, as a user runs it: no Ray start-up line, the phases and executor in the summary."""
+    root = tmp_path / "out"
+    config = write_config(
+        tmp_path / "run.yaml", str(sample_dir / "manifest.parquet"), str(root), run={"executor": "auto"}
+    )
+    process = start_run(config, tmp_path / "log")
+    assert process.wait(timeout=600) == 0, (tmp_path / "log").read_text()[-3000:]
+    log = (tmp_path / "log").read_text()
+    assert "Ray" not in log, log  # no start-up line, no Ray Data progress
+    summary = json.loads(next((root / "runs").glob("*/summary.json")).read_text())
+    assert summary["executor"] == "standalone" and summary["rows"]["embedded"] == 384
+    assert summary["first_batch_encoded_s"] > 0 and summary["phases_s"]["pipeline"] > 0
+    assert len(outputs(root)[0]) == 384
+
+
+def test_a_stage_that_fails_a_unit_sends_the_units_left_to_ray(
+    tmp_path: Path, sample_dir: Path, make_config
+) -> None:
+    manifest = poisoned_manifest(tmp_path, sample_dir)
+    cfg = make_config(
+        str(manifest),
+        input={"unit_rows": 8},
+        run={"executor": "standalone"},
+        inference={
+            "stage_class": "tests.support.stages:FailingStage",
+            "batch_size": 8,
+            "max_task_retries": 0,
+        },
+    )
+    summary = run(cfg)
+    assert summary["executor"] == "standalone, then ray"
+    vectors, errors = outputs(cfg.output.root)
+    assert len(vectors) == 39 and "poison" not in vectors
+    assert errors == {(str(manifest), 20): ErrorCode.WORKER_CRASHED}
+    assert summary["rows"]["embedded"] + summary["rows"]["failed"] == 40
+
+
+def _plant_dead_lease(root: Path) -> None:
+    folder = root / "_state" / "image" / "model_version=demo"
+    folder.mkdir(parents=True)
+    dead = {"run_id": "dead", "purpose": "run", "host": "h", "pid": 1, "heartbeat": time.time() - 3600}
+    (folder / "lease").write_text(json.dumps({**dead, "timeout_s": 60}))
+
+
+@pytest.mark.parametrize("why", ["the last run died", "more rows than standalone_max_rows"])
+def test_ray_when_in_process_is_not_safe_or_not_small(
+    tmp_path: Path, sample_dir: Path, make_config, why: str
+) -> None:
+    sample = pq.read_table(sample_dir / "manifest.parquet").slice(0, 24)
+    manifest = tmp_path / "m.parquet"
+    uris = [str(sample_dir / u) for u in sample["uri"].to_pylist()]
+    pq.write_table(sample.set_column(sample.schema.get_field_index("uri"), "uri", [uris]), manifest)
+    limit = 10 if why.startswith("more") else 10_000
+    cfg = make_config(str(manifest), run={"executor": "auto", "standalone_max_rows": limit})
+    if why.startswith("the last"):
+        _plant_dead_lease(Path(cfg.output.root))
+    summary = run(cfg)
+    assert summary["executor"] == "ray" and summary["rows"]["embedded"] == 24
