@@ -6,6 +6,7 @@ Used by the job, the index build and the service, so that all three join the sam
 from __future__ import annotations
 
 import os
+import sys
 
 from embedding.config import Config, RayConfig
 
@@ -18,17 +19,19 @@ def ray_address(cfg: RayConfig) -> str | None:
 
 def connect_ray(cfg: RayConfig) -> None:
     """Join the cluster named by the config or RAY_ADDRESS, or start a local Ray (once per process)."""
+    address = ray_address(cfg)
+    if not address and "ray" not in sys.modules:
+        # A local Ray of our own keeps Ray's token authentication, said explicitly so that Ray does not warn
+        # about choosing it (a user can do nothing about that warning). Ray reads this when it is imported:
+        # set later, the driver and the Ray it starts would disagree and the start would fail.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
         return
-    address = ray_address(cfg)
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # A local Ray of our own keeps Ray's token authentication, said explicitly so that Ray does not warn
-    # about choosing it (a user can do nothing about that warning).
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     memory = cfg.object_store_memory_mb
     ray.init(
         address="local",  # a new local Ray, never a cluster that `ray start` left on this machine

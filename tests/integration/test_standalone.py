@@ -1,9 +1,11 @@
-"""The in-process executor (embedding.inprocess): what Ray writes, without starting Ray; and Ray when it
-must: a stage that fails a whole unit, a run that died before, a manifest over `run.standalone_max_rows`."""
+"""Runs without Ray (embedding.standalone): what Ray writes, without starting Ray; and Ray when it must: a
+stage that fails a whole unit, a run that died before, a manifest over `run.standalone_max_rows`."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,12 +16,12 @@ from embedding.errors import ErrorCode
 from embedding.job import run
 from tests.faults.test_poison import poisoned_manifest
 from tests.integration.test_job import bad_and_odd_manifest
-from tests.support.runs import assert_same_outputs, outputs, start_run, write_config
+from tests.support.runs import assert_same_outputs, job_env, outputs, start_run, write_config
 
 pytestmark = pytest.mark.integration
 
 
-def test_in_process_writes_what_ray_writes(tmp_path: Path, sample_dir: Path, make_config) -> None:
+def test_standalone_writes_what_ray_writes(tmp_path: Path, sample_dir: Path, make_config) -> None:
     manifest, expected = bad_and_odd_manifest(tmp_path, sample_dir)
     on_ray = make_config(str(manifest), output={"root": str(tmp_path / "ray")})
     here = make_config(str(manifest), output={"root": str(tmp_path / "here")}, run={"executor": "auto"})
@@ -52,6 +54,29 @@ def test_a_small_run_starts_no_ray(tmp_path: Path, sample_dir: Path) -> None:
     assert len(outputs(root)[0]) == 384
 
 
+def test_a_run_starts_its_own_local_ray_in_a_plain_environment(tmp_path: Path, sample_dir: Path) -> None:
+    """No RAY_AUTH_MODE, no RAY_ADDRESS (a user's shell): the job's local Ray and its driver must agree on
+    Ray's authentication, which Ray reads when it is imported (the other tests set it)."""
+    sample = pq.read_table(sample_dir / "manifest.parquet").slice(0, 16)
+    manifest = tmp_path / "m.parquet"
+    uris = [str(sample_dir / u) for u in sample["uri"].to_pylist()]
+    pq.write_table(sample.set_column(sample.schema.get_field_index("uri"), "uri", [uris]), manifest)
+    root = tmp_path / "out"
+    config = write_config(tmp_path / "run.yaml", str(manifest), str(root))
+    env = {k: v for k, v in job_env().items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    done = subprocess.run(
+        [sys.executable, "-m", "embedding.cli", "run", str(config)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(next((root / "runs").glob("*/summary.json")).read_text())
+    assert summary["executor"] == "ray" and summary["rows"]["embedded"] == 16
+
+
 def test_a_stage_that_fails_a_unit_sends_the_units_left_to_ray(
     tmp_path: Path, sample_dir: Path, make_config
 ) -> None:
@@ -82,7 +107,7 @@ def _plant_dead_lease(root: Path) -> None:
 
 
 @pytest.mark.parametrize("why", ["the last run died", "more rows than standalone_max_rows"])
-def test_ray_when_in_process_is_not_safe_or_not_small(
+def test_ray_when_standalone_is_not_safe_or_not_small(
     tmp_path: Path, sample_dir: Path, make_config, why: str
 ) -> None:
     sample = pq.read_table(sample_dir / "manifest.parquet").slice(0, 24)
