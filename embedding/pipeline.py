@@ -21,79 +21,16 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from embedding.commit import Committer
 from embedding.config import Config
-from embedding.decoding import check_texts, decode_images
-from embedding.errors import ConfigError
-from embedding.media import MediaSettings
 from embedding.plan import Plan, ReadTask, UnitTask
+from embedding.runstages import EncodeActor, StageSettings, stage_functions
 from embedding.sink import WriteSettings, finalize_unit, write_units
 from embedding.stages import ReadSettings, read_units
-from embedding.text import TextLimits
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageSettings:
-    """Everything the Ray Data plan needs, resolved once in the driver."""
-
-    kind: str
-    version: str
-    read: ReadSettings
-    decode: MediaSettings | None  # images
-    text_limits: TextLimits | None  # texts
-    write: WriteSettings
-    num_gpus_per_actor: float
-    units_per_call: int = 1  # whole units per encoder call: as many as fill a model batch
-
-
-def load_stage_class(path: str) -> type:
-    """Import "module:Class"; raises ConfigError when it cannot be found."""
-    import importlib
-
-    module_name, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"inference.stage_class: cannot import {path!r}: {exc}") from exc
-
-
-def stage_functions(cfg: Config, settings: StageSettings) -> tuple[Callable, dict[str, Any], str]:
-    """The decode (or text check) function with its keyword arguments, and the encoder stage's class path
-    (imported where the model runs: the driver of a Ray run never imports torch)."""
-    if settings.kind == "image":
-        prepare, kwargs, stage = (
-            decode_images,
-            {"settings": settings.decode},
-            "embedding.encoder:ImageEncodeStage",
-        )
-    else:
-        prepare, kwargs, stage = (
-            check_texts,
-            {"limits": settings.text_limits},
-            "embedding.encoder:TextEncodeStage",
-        )
-    return prepare, kwargs, cfg.inference.stage_class or stage
-
-
-def make_stage(path: str, settings: StageSettings, cfg: Config) -> Any:
-    """The encoder stage of a class path, with its model loaded."""
-    return load_stage_class(path)(version=settings.version, model_cfg=cfg.model, inference=cfg.inference)
-
-
-class EncodeActor:
-    """Ray Data's actor class for the encoder: it imports and builds the stage in the actor's process."""
-
-    def __init__(self, path: str, settings: StageSettings, cfg: Config):
-        self.stage = make_stage(path, settings, cfg)
-
-    def __call__(self, batch: Any) -> Any:
-        return self.stage(batch)
 
 
 def _cluster_cpus() -> int:

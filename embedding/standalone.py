@@ -21,16 +21,19 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from embedding import faults
 from embedding.commit import Committer
 from embedding.config import Config
-from embedding.pipeline import Progress, StageSettings, make_stage, stage_functions
+from embedding.pipeline import Progress
 from embedding.plan import Plan
+from embedding.runstages import StageSettings, make_stage, stage_functions
 from embedding.sink import write_units
 from embedding.stages import read_units
 
@@ -58,7 +61,7 @@ def _pool(kind: str, workers: int) -> cf.Executor:
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(["embedding.decoding"])
+        context.set_forkserver_preload(["embedding.standalone"])
     return cf.ProcessPoolExecutor(workers, mp_context=context)
 
 
@@ -66,6 +69,12 @@ def _packed_units(plan: Plan, settings: StageSettings) -> Iterator[pa.Table]:
     """Each unit to write, as one packed row (what the read stage emits on Ray)."""
     for task in plan.reads:
         yield from read_units({"task": np.array([task.to_json()])}, settings.read, list(plan.fates))
+
+
+def _decode_unit(prepare: Callable, packed: pa.Table, kwargs: dict[str, Any]) -> pa.Table:
+    """A worker's task: one unit through the decode stage (a fault point for tests: a worker that dies)."""
+    faults.point("standalone.decode")
+    return prepare(packed, **kwargs)
 
 
 def run_standalone(plan: Plan, cfg: Config, settings: StageSettings, committer: Committer) -> dict[str, int]:
@@ -88,7 +97,7 @@ def run_standalone(plan: Plan, cfg: Config, settings: StageSettings, committer: 
 
     def submit(pool: cf.Executor) -> None:
         while sum(rows[f] for f in pending) < ahead and (packed := next(units, None)) is not None:
-            future = pool.submit(prepare, packed, **kwargs)
+            future = pool.submit(_decode_unit, prepare, packed, kwargs)
             pending.add(future)
             rows[future] = plan.todo[packed.column("unit_id")[0].as_py()].expected
 
@@ -101,7 +110,11 @@ def run_standalone(plan: Plan, cfg: Config, settings: StageSettings, committer: 
             # The model's threads share the cores with the decode workers: OpenMP's default, spinning while
             # it waits for a thread, then burns the time they need (2,000 photos, 2 cores: 20% faster).
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        encoder = make_stage(stage_path, settings, cfg)
+        try:
+            encoder = make_stage(stage_path, settings, cfg)
+        except BaseException:
+            _cancel(pending)  # the model's error now, not after the units queued for decoding
+            raise
         try:
             while pending:
                 done, rest = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
@@ -114,10 +127,17 @@ def run_standalone(plan: Plan, cfg: Config, settings: StageSettings, committer: 
                     committer.take(write_units(encoder(batch), settings.write))
                 progress.tick()
         except Exception as exc:
-            for future in pending:
-                future.cancel()
+            _cancel(pending)
             raise Stopped(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:  # Ctrl-C: stop at once; what is committed stays, the rest is the next run's
+            _cancel(pending)
+            raise
     return report
+
+
+def _cancel(pending: set[cf.Future]) -> None:
+    for future in pending:
+        future.cancel()
 
 
 def remaining(plan: Plan, committer: Committer) -> Plan:

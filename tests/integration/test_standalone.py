@@ -57,10 +57,7 @@ def test_a_small_run_starts_no_ray(tmp_path: Path, sample_dir: Path) -> None:
 def test_a_run_starts_its_own_local_ray_in_a_plain_environment(tmp_path: Path, sample_dir: Path) -> None:
     """No RAY_AUTH_MODE, no RAY_ADDRESS (a user's shell): the job's local Ray and its driver must agree on
     Ray's authentication, which Ray reads when it is imported (the other tests set it)."""
-    sample = pq.read_table(sample_dir / "manifest.parquet").slice(0, 16)
-    manifest = tmp_path / "m.parquet"
-    uris = [str(sample_dir / u) for u in sample["uri"].to_pylist()]
-    pq.write_table(sample.set_column(sample.schema.get_field_index("uri"), "uri", [uris]), manifest)
+    manifest = _sample_manifest(tmp_path, sample_dir, 16)
     root = tmp_path / "out"
     config = write_config(tmp_path / "run.yaml", str(manifest), str(root))
     env = {k: v for k, v in job_env().items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
@@ -99,6 +96,40 @@ def test_a_stage_that_fails_a_unit_sends_the_units_left_to_ray(
     assert summary["rows"]["embedded"] + summary["rows"]["failed"] == 40
 
 
+def test_a_decode_worker_that_dies_hands_the_units_left_to_ray(
+    tmp_path: Path, sample_dir: Path, ray_address: str
+) -> None:
+    """Each decode worker is killed at its second unit (a planted fault point, no timer): the run goes on on
+    Ray with the units not committed yet, and ends as an uninterrupted run."""
+    manifest = _sample_manifest(tmp_path, sample_dir, 48)
+    runs = {}
+    for name, faults in (("reference", ""), ("killed", "standalone.decode:2")):
+        root = tmp_path / name
+        config = write_config(
+            tmp_path / f"{name}.yaml",
+            str(manifest),
+            str(root),
+            input={"unit_rows": 8},
+            run={"executor": "standalone"},
+            ray={"address": ray_address},  # for the units handed to Ray: the session's, no start-up
+        )
+        process = start_run(config, tmp_path / f"{name}.log", faults)
+        assert process.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+        runs[name] = json.loads(next((root / "runs").glob("*/summary.json")).read_text())
+    assert runs["reference"]["executor"] == "standalone"
+    assert runs["killed"]["executor"] == "standalone, then ray"
+    assert "the run without Ray stopped" in (tmp_path / "killed.log").read_text()
+    assert_same_outputs(tmp_path / "killed", tmp_path / "reference")
+
+
+def _sample_manifest(folder: Path, sample_dir: Path, rows: int) -> Path:
+    sample = pq.read_table(sample_dir / "manifest.parquet").slice(0, rows)
+    manifest = folder / "m.parquet"
+    uris = [str(sample_dir / u) for u in sample["uri"].to_pylist()]
+    pq.write_table(sample.set_column(sample.schema.get_field_index("uri"), "uri", [uris]), manifest)
+    return manifest
+
+
 def _plant_dead_lease(root: Path) -> None:
     folder = root / "_state" / "image" / "model_version=demo"
     folder.mkdir(parents=True)
@@ -110,10 +141,7 @@ def _plant_dead_lease(root: Path) -> None:
 def test_ray_when_standalone_is_not_safe_or_not_small(
     tmp_path: Path, sample_dir: Path, make_config, why: str
 ) -> None:
-    sample = pq.read_table(sample_dir / "manifest.parquet").slice(0, 24)
-    manifest = tmp_path / "m.parquet"
-    uris = [str(sample_dir / u) for u in sample["uri"].to_pylist()]
-    pq.write_table(sample.set_column(sample.schema.get_field_index("uri"), "uri", [uris]), manifest)
+    manifest = _sample_manifest(tmp_path, sample_dir, 24)
     limit = 10 if why.startswith("more") else 10_000
     cfg = make_config(str(manifest), run={"executor": "auto", "standalone_max_rows": limit})
     if why.startswith("the last"):
