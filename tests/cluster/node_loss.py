@@ -43,7 +43,7 @@ def main(config_path: str, result_path: str) -> None:
             actors = [
                 a
                 for a in ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])
-                if "Stage" in a.class_name
+                if "Encode" in a.class_name  # MapWorker(MapBatches(EncodeActor))
             ]
             nodes = {a.node_id for a in actors}
             victim = next((w for w in workers if w.node_id in nodes), workers[0])
