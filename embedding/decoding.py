@@ -22,6 +22,8 @@ from embedding.rows import append_columns, fail_rows, pack, pending_rows, pixels
 from embedding.text import TextLimits, validate_text
 from embedding.video import VideoFrames
 
+FETCH_AHEAD = 2  # files fetched ahead of decoding, per fetch thread
+
 
 def decode_images(batch: pa.Table, settings: MediaSettings) -> pa.Table:
     """Ray Data stage: packed units in, the same units with their pixels (or error rows) out."""
@@ -60,18 +62,31 @@ def decode_rows(batch: pa.Table, settings: MediaSettings) -> pa.Table:
             sha[i] = hashlib.sha256(fetched.data).hexdigest()
 
     threads = max(1, min(settings.source.fetch.threads, len(pending)))
+    # Fetching runs ahead of decoding by at most FETCH_AHEAD files per thread: a fast disk would otherwise
+    # hold a whole unit's files in memory at once (1,024 photos of a few MB each).
+    rows = iter(pending)
+    futures: dict[cf.Future, int] = {}
     with cf.ThreadPoolExecutor(threads) as pool:
-        futures = {pool.submit(fetch_media, uris[i], inline[i], settings): i for i in pending}
-        for future in cf.as_completed(futures):
-            i = futures[future]
-            try:
-                fetched = future.result()
-            except EmbeddingError as exc:
-                failed["fetch"][i] = (exc.code, exc.message)
-                attempts[i] += exc.attempts
-                continue
-            attempts[i] += fetched.attempts
-            keep(i, fetched, alone=False)
+
+        def fetch_more() -> None:
+            while len(futures) < FETCH_AHEAD * threads and (i := next(rows, None)) is not None:
+                futures[pool.submit(fetch_media, uris[i], inline[i], settings)] = i
+
+        fetch_more()
+        while futures:
+            done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                i = futures.pop(future)
+                try:
+                    fetched = future.result()
+                except EmbeddingError as exc:
+                    failed["fetch"][i] = (exc.code, exc.message)
+                    attempts[i] += exc.attempts
+                    continue
+                attempts[i] += fetched.attempts
+                keep(i, fetched, alone=False)
+                fetch_more()
+            fetch_more()
     for i in list(exhausted):
         keep(i, exhausted.pop(i), alone=True)
     for i, result in decoded.items():
