@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from embedding import decoding
@@ -15,23 +14,7 @@ from embedding.media import MediaSettings
 from embedding.sources import SourceSettings
 from embedding.video import VideoSettings
 from tests import images_factory as f
-
-
-def stream_rows(uris: list[str]) -> pa.Table:
-    n = len(uris)
-    return pa.table(
-        {
-            "unit_id": ["u"] * n,
-            "source_file": ["m.parquet"] * n,
-            "row_index": pa.array(range(n), pa.int64()),
-            "id": [f"id-{i}" for i in range(n)],
-            "uri": uris,
-            "error_code": pa.nulls(n, pa.string()),
-            "error_message": pa.nulls(n, pa.string()),
-            "stage": pa.nulls(n, pa.string()),
-            "attempts": pa.array([0] * n, pa.int32()),
-        }
-    )
+from tests.support.rows import stream_rows
 
 
 def test_fetching_runs_a_bounded_number_of_files_ahead_of_decoding(

@@ -15,7 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from tests.support.runs import REPO, assert_same_outputs, job_env, kill_processes_mentioning, write_config
+from tests.support.runs import (
+    REPO,
+    assert_same_outputs,
+    job_env,
+    kill_processes_mentioning,
+    run_to_end,
+    write_config,
+)
 from tests.support.s3_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -90,13 +97,5 @@ def test_job_submit_succeeds_with_the_output_of_a_local_run(head, tmp_path: Path
     assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, client.get_job_logs(job_id)[-3000:]
 
     local = write_config(tmp_path / "local.yaml", str(manifest), str(tmp_path / "local"))
-    run = subprocess.run(
-        [sys.executable, "-m", "embedding.cli", "run", str(local)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    run_to_end(local, env)
     assert_same_outputs(tmp_path / "submitted", tmp_path / "local")

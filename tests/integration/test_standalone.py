@@ -4,8 +4,6 @@ stage that fails a whole unit, a run that died before, a manifest over `run.stan
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from embedding.errors import ErrorCode
 from embedding.job import run
 from tests.faults.test_poison import poisoned_manifest
 from tests.integration.test_job import bad_and_odd_manifest
-from tests.support.runs import assert_same_outputs, job_env, outputs, start_run, write_config
+from tests.support.runs import assert_same_outputs, job_env, outputs, run_to_end, start_run, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +59,7 @@ def test_a_run_starts_its_own_local_ray_in_a_plain_environment(tmp_path: Path, s
     root = tmp_path / "out"
     config = write_config(tmp_path / "run.yaml", str(manifest), str(root))
     env = {k: v for k, v in job_env().items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-    done = subprocess.run(
-        [sys.executable, "-m", "embedding.cli", "run", str(config)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_to_end(config, env, cwd=tmp_path)
     summary = json.loads(next((root / "runs").glob("*/summary.json")).read_text())
     assert summary["executor"] == "ray" and summary["rows"]["embedded"] == 16
 

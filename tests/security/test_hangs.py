@@ -167,32 +167,19 @@ def test_the_pipelines_decode_loop_with_a_stuck_read_returns(stuck_reads: list[s
     """The job's own decode step (its fetch pool) over 24 rows, one of which never
     returns: the step returns within the bound, the stuck row is a Timeout, every other row decoded.
     The hang of the issue lived here: leaving the pools waited for the abandoned read."""
-    import pyarrow as pa
-
     from embedding.decoding import decode_rows
     from embedding.images import ImageLimits, Preprocess
     from embedding.media import MediaSettings
     from embedding.video import VideoSettings
     from tests import images_factory as f
+    from tests.support.rows import stream_rows
 
     uris = []
     for i in range(24):
         name = "stuck.jpg" if i == 7 else f"img-{i}.jpg"
         uris.append(f.write(tmp_path, name, f.sample_file(i)) if i != 7 else str(tmp_path / name))
     n = len(uris)
-    batch = pa.table(
-        {
-            "unit_id": ["u"] * n,
-            "source_file": ["m.parquet"] * n,
-            "row_index": pa.array(range(n), pa.int64()),
-            "id": [f"id-{i}" for i in range(n)],
-            "uri": uris,
-            "error_code": pa.nulls(n, pa.string()),
-            "error_message": pa.nulls(n, pa.string()),
-            "stage": pa.nulls(n, pa.string()),
-            "attempts": pa.array([0] * n, pa.int32()),
-        }
-    )
+    batch = stream_rows(uris)
     s = settings(timeout=1, retries=1)
     started = time.monotonic()
     out = decode_rows(batch, MediaSettings(s, Preprocess(size=(64, 64)), ImageLimits(), VideoSettings()))
