@@ -1,6 +1,7 @@
 """Service benchmark (issue 12): the hosted API's routes under concurrent clients, and search over HTTP.
 
     python -m benchmarks.service [--clients 1,8,32,64] [--seconds 10] [--search-rows 1000000 | --reuse]
+                                 [--proxy auto|haproxy|python]
 
 All in one run on this machine, against the real server (`embedding.service.app.start`, local Ray):
 
@@ -9,7 +10,9 @@ All in one run on this machine, against the real server (`embedding.service.app.
    mode, route and number of concurrent clients (aiohttp, closed loop: a client sends its next request when
    the last one answered), requests are sent for --seconds after a one-second warm-up; requests/s and the
    p50/p99 latency of the answered requests are reported, and per mode the requests per model call (all
-   requests answered over Serve's count of batches processed). The queue limit is lifted: nothing is refused.
+   requests answered over Serve's count of batches the ingress formed; off, every request is a model call).
+   The queue limit is lifted: nothing is refused. `--proxy` is `service.proxy` (what answers HTTP; the
+   default, auto, is Serve's high-throughput mode with HAProxy where Ray's HAProxy is installed).
 2. Search with vector queries: p50 over HTTP (POST /retrieval:search, one client, one query at a time) against
    p50 in-process (`embedding.api.rank`, the code the search deployment runs, one thread) on the same index:
    the clustered vectors of `benchmarks.index` (same generator and queries). Without --reuse the index is
@@ -36,7 +39,8 @@ import requests
 
 from embedding.config import Config
 
-FUNCTIONS = {"retrieval:vectorizeText": "_encode_texts", "retrieval:vectorizeImage": "_encode_pixels"}
+# The ingress's batching functions (one encoder call, one model call, per batch), by route.
+FUNCTIONS = {"retrieval:vectorizeText": "_text_batch", "retrieval:vectorizeImage": "_image_batch"}
 TEXTS = [
     f"{article} {colour} {shape}"
     for article, colour, shape in itertools.product(
@@ -126,6 +130,8 @@ def model_calls(metrics_url: str | None, skip: set[str], timeout_s: float = 30.0
 
 
 def vectorize(base: Config, images: list[bytes], clients: list[int], seconds: float) -> dict:
+    """Both routes at each number of clients, batching on, then off. With it off no batching function
+    runs: every request is one encoder call and one model call."""
     from embedding.service.app import start, stop
 
     bodies = {
@@ -232,6 +238,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="search the index benchmarks.index left in --index-out"
     )
+    parser.add_argument("--proxy", choices=["auto", "haproxy", "python"], default="auto")
     parser.add_argument("--skip-vectorize", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args()
@@ -242,9 +249,17 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     base = prepare(args.work)  # starts the local Ray with every core when it runs the job
+    service = {**base.service.model_dump(), "proxy": args.proxy}
+    base = Config.model_validate({**base.model_dump(), "service": service})
     if not ray.is_initialized():
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    result: dict = {"machine_cpus": os.cpu_count(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    from embedding.service.app import uses_haproxy
+
+    result: dict = {
+        "machine_cpus": os.cpu_count(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "http": "haproxy" if uses_haproxy(base) else "python proxy",
+    }
     if not args.skip_vectorize:
         images = [p.read_bytes() for p in sorted((args.work / "sample" / "images").glob("*.jpg"))[:64]]
         clients = [int(c) for c in args.clients.split(",")]

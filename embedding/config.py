@@ -243,7 +243,8 @@ class EncoderServiceConfig(Section):
     max_replicas: int | None = Field(default=None, ge=1)
     target_ongoing_requests: float = Field(default=32, gt=0)  # autoscaling target per replica
     max_ongoing_requests: int = Field(default=64, ge=1)  # in flight per replica
-    # Requests waiting for a replica beyond this get HTTP 429 with Retry-After (per caller; -1: no limit).
+    # Calls (a batch each, or a request with batching off) waiting for a replica beyond this get HTTP 429
+    # with Retry-After (per caller; -1: no limit).
     max_queued_requests: int = Field(default=256, ge=-1)
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float | None = Field(default=None, ge=0)  # None: inference.num_gpus_per_actor, or 1 with GPUs
@@ -263,6 +264,10 @@ class ServiceConfig(Section):
     """`embedding serve`: the hosted API's routes, search, thumbnails and the search page on Ray Serve."""
 
     host: str = "127.0.0.1"  # without API keys the service binds 127.0.0.1 whatever this says
+    # What answers HTTP (embedding.service.app): "haproxy" is Ray Serve's high-throughput mode (HAProxy in
+    # front of the ingress replicas, which serve HTTP themselves); "python" is Serve's Python proxy; "auto"
+    # is haproxy where Ray's bundled HAProxy (or one on PATH) is found, else python.
+    proxy: Literal["auto", "haproxy", "python"] = "auto"
     port: int = Field(default=8000, ge=1, le=65535)
     versions: list[str] = Field(default_factory=list)  # served model versions; empty: [model.version]
     default_version: str | None = None  # `latest` or no model-version; None: model.version

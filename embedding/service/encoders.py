@@ -1,10 +1,13 @@
-"""The encoder deployment: one per served model version, batching concurrent requests into model calls.
+"""The encoder deployment: one per served model version, a batch of texts or image files per call.
 
 It holds the job's own `Encoder` (the same model, device, precision and normalisation as the batch job)
 and decodes image bytes with the job's `decode` and the version's preprocessing, so one input gives the
-same vector online and in the job. `@serve.batch` merges requests that arrive within
-`service.encoder.batch_wait_timeout_s` into one model call of up to `max_batch_size`; with
-`service.encoder.batching: false` every request is encoded alone (batch size 1).
+same vector online and in the job. Batches are formed where requests arrive, by the ingress's
+`@serve.batch` (embedding.service.ingress): requests that arrive within `service.encoder.batch_wait_timeout_s`
+travel to this deployment as one call and run as one model call of up to `max_batch_size`. Forming them
+there, not here, is what makes batching pay on a CPU: a call between deployments costs more than the demo
+model's forward pass, and a batch pays it once. With `service.encoder.batching: false` every request is a
+call of its own (batch size 1).
 """
 
 from __future__ import annotations
@@ -21,9 +24,6 @@ from embedding.config import Config
 from embedding.errors import EmbeddingError
 from embedding.images import ImageLimits, decode
 from embedding.service.wire import from_embedding_error, reply
-
-# Placeholders: __init__ sets the configured batch size and wait on each replica.
-_BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.01}
 
 
 def batch_options(cfg: Config) -> tuple[int, float]:
@@ -42,7 +42,8 @@ def replica_config(cfg: Config) -> Config:
 
 @serve.deployment
 class EncoderDeployment:
-    """Texts and image bytes of one model version in, unit vectors (float32) out."""
+    """A batch of validated texts, or of image files' bytes, in; a reply per item (a unit vector, float32,
+    or the error of an image that does not decode) out, in order."""
 
     def __init__(self, cfg_json: str, version: str):
         cfg = replica_config(Config.model_validate_json(cfg_json))
@@ -50,34 +51,34 @@ class EncoderDeployment:
         self.encoder = encoder_for(cfg, version)
         self.prep = preprocess_for(self.encoder, cfg)
         self.limits = ImageLimits(cfg.limits.min_image_side, cfg.limits.max_image_side)
-        size, wait = batch_options(cfg)
-        for batched in (self._encode_texts, self._encode_pixels):
-            batched.set_max_batch_size(size)
-            batched.set_batch_wait_timeout_s(wait)
 
-    async def text(self, text: str) -> dict[str, Any]:
-        """One validated text -> reply(vector)."""
-        return self._finished(await self._encode_texts(text))
+    async def texts(self, texts: list[str]) -> list[dict[str, Any]]:
+        # The model runs in a thread so that the replica keeps accepting calls meanwhile.
+        return await asyncio.to_thread(self._texts, texts)
 
-    async def image(self, data: bytes) -> dict[str, Any]:
-        """One image file's bytes (already under the byte limit) -> reply(vector)."""
-        try:
-            decoded = await asyncio.to_thread(decode, data, self.prep, self.limits)
-        except EmbeddingError as exc:
-            return reply(error=from_embedding_error(exc))
-        return self._finished(await self._encode_pixels(decoded.pixels))
+    async def images(self, files: list[bytes]) -> list[dict[str, Any]]:
+        """Image files' bytes (each already under the byte limit)."""
+        return await asyncio.to_thread(self._images, files)
+
+    def _texts(self, texts: list[str]) -> list[dict[str, Any]]:
+        return [self._finished(values) for values in self.encoder.encode_texts(texts)]
+
+    def _images(self, files: list[bytes]) -> list[dict[str, Any]]:
+        replies: list[dict[str, Any]] = [{} for _ in files]
+        decoded: dict[int, np.ndarray] = {}
+        for i, data in enumerate(files):
+            try:
+                decoded[i] = decode(data, self.prep, self.limits).pixels
+            except EmbeddingError as exc:
+                replies[i] = reply(error=from_embedding_error(exc))
+        if decoded:
+            vectors = self.encoder.encode_pixels(np.stack(list(decoded.values())))
+            for i, values in zip(decoded, vectors, strict=True):
+                replies[i] = self._finished(values)
+        return replies
 
     def _finished(self, values: np.ndarray) -> dict[str, Any]:
         try:
             return reply(checked_vector(values, self.version).values)
         except EmbeddingError as exc:
             return reply(error=from_embedding_error(exc))
-
-    @serve.batch(**_BATCH)
-    async def _encode_texts(self, texts: list[str]) -> list[np.ndarray]:
-        # The model runs in a thread so that the replica keeps accepting (and batching) requests.
-        return list(await asyncio.to_thread(self.encoder.encode_texts, texts))
-
-    @serve.batch(**_BATCH)
-    async def _encode_pixels(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        return list(await asyncio.to_thread(self.encoder.encode_pixels, np.stack(pixels)))

@@ -25,12 +25,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from ray import serve
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from embedding.config import Config
 from embedding.errors import EmbeddingError
 from embedding.service.body import BodyLimits, read_body
+from embedding.service.calls import EncoderCalls, own_handles, send
 from embedding.service.search_request import SearchRequest, parse_search
 from embedding.service.security import authorized, source_settings
 from embedding.service.thumbnails import Thumbnails
@@ -42,7 +43,6 @@ from embedding.service.wire import (
     invalid,
     model_version,
     not_found,
-    too_many_requests,
     unauthorized,
     unwrap,
     vector_response,
@@ -130,16 +130,16 @@ class Ingress:
         versions: dict[str, dict[str, Any]],
         default: str,
         key_digests: list[str],
-        encoders: dict[str, Any],
-        searchers: dict[str, Any],
+        encoders: dict[str, DeploymentHandle],
+        searchers: dict[str, DeploymentHandle],
     ):
         self.cfg = Config.model_validate_json(cfg_json)
         self.specs = versions  # version -> dim, languages, description (the registry's, from the driver)
         self.versions = list(versions)
         self.default = default
         self.digests = tuple(key_digests)
-        self.encoders = encoders  # version -> DeploymentHandle of its EncoderDeployment
-        self.searchers = searchers  # version -> DeploymentHandle of its SearchDeployment
+        self.encoders = EncoderCalls(self.cfg, encoders)
+        self.searchers = own_handles(searchers)  # version -> DeploymentHandle of its SearchDeployment
         limits = self.cfg.limits
         self.body_limits = BodyLimits(limits.max_image_bytes)
         self.text_limits = TextLimits(limits.min_text_words, limits.max_text_words)
@@ -153,13 +153,8 @@ class Ingress:
             raise unauthorized()
 
     async def _call(self, response: Any) -> Any:
-        """Await a deployment's reply; a full queue is the hosted 429 with Retry-After."""
-        try:
-            return unwrap(await response)
-        except BackPressureError:
-            raise too_many_requests(self.cfg.service.retry_after_s) from None
-        except DeploymentUnavailableError as exc:
-            raise ApiError(503, "ServiceUnavailable", f"the model is not available: {exc}") from None
+        """The value of a deployment's reply (its error raised as ApiError)."""
+        return unwrap(await send(response, self.cfg.service.retry_after_s))
 
     async def _fetch(self, url: Any) -> bytes:
         """An image named by a request: the request source policy (no local paths), the job's limits."""
@@ -170,11 +165,9 @@ class Ingress:
 
     async def _vector(self, version: str, kind: str, value: Any) -> np.ndarray:
         """The unit vector of a text, an image's bytes or an image URL, from the version's encoder."""
-        encoder = self.encoders[version]
         if kind == "text":
-            return await self._call(encoder.text.remote(validate_text(value, self.text_limits)))
-        data = await self._fetch(value) if kind == "url" else value
-        return await self._call(encoder.image.remote(data))
+            return await self.encoders.text(version, validate_text(value, self.text_limits))
+        return await self.encoders.image(version, await self._fetch(value) if kind == "url" else value)
 
     async def _record(self, version: str, image_id: str, frame_index: int | None = None) -> dict[str, Any]:
         return await self._call(self.searchers[version].record.remote(image_id, frame_index))
@@ -191,7 +184,7 @@ class Ingress:
             vector = await self._vector(version, "url", _json_object(body).get("url"))
         else:  # raw bytes: application/octet-stream, image/*, a specific image type, or no type at all
             vector = await self._vector(version, "image", body)
-        return JSONResponse(vector_response(version, vector.tolist()))
+        return vector_response(version, vector)
 
     @app.post("/computervision/retrieval:vectorizeText")
     async def vectorize_text(self, request: Request) -> Response:
@@ -200,7 +193,7 @@ class Ingress:
         version = model_version(request.query_params, self.versions, self.default)
         payload = _json_object(await read_body(request, self.body_limits))
         vector = await self._vector(version, "text", payload.get("text"))
-        return JSONResponse(vector_response(version, vector.tolist()))
+        return vector_response(version, vector)
 
     # -- our own routes ------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from embedding.config import Config
 from embedding.errors import ConfigError
-from embedding.service.app import build, served_versions
+from embedding.service import app as service_app
+from embedding.service.app import HIGH_THROUGHPUT, build, serve_env, served_versions, uses_haproxy
 from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +27,26 @@ def test_the_serve_config_file_is_valid_and_its_args_are_a_project_config() -> N
     env = schema.controller_options.runtime_env["env_vars"]
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == PROXY_CALLBACK
     assert int(env[LIMIT_ENV]) == cfg.limits.max_image_bytes
+    # What `embedding serve` sets for Serve and its replicas, but the drain period (clusters keep Ray's).
+    wanted = serve_env(cfg, haproxy=True)
+    del wanted["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]
+    for names in (env, app.runtime_env["env_vars"]):
+        assert {k: names.get(k) for k in wanted} == wanted
+
+
+def test_what_answers_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_linux = Config()
+    assert uses_haproxy(on_linux)  # ray[serve] bundles an HAProxy on Linux
+    python = Config.model_validate({"service": {"proxy": "python"}})
+    assert not uses_haproxy(python)
+    assert not set(HIGH_THROUGHPUT) & set(serve_env(python, haproxy=False))
+    env = serve_env(on_linux, haproxy=True)
+    assert set(HIGH_THROUGHPUT) <= set(env) and env[LIMIT_ENV] == str(on_linux.limits.max_image_bytes)
+    assert int(env["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) > 32 * on_linux.limits.max_image_bytes
+    monkeypatch.setattr(service_app, "haproxy_available", lambda: False)
+    assert not uses_haproxy(on_linux)  # auto: Serve's Python proxy
+    with pytest.raises(ConfigError, match="no HAProxy was found"):
+        uses_haproxy(Config.model_validate({"service": {"proxy": "haproxy"}}))
 
 
 def test_served_versions() -> None:

@@ -11,6 +11,7 @@ import contextlib
 import io
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -30,10 +31,12 @@ TEXT = "computervision/retrieval:vectorizeText"
 MAX_BYTES = 20 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def endpoint(served: Served) -> str:
-    """The server's endpoint, as clients of the hosted API configure it: with a trailing slash."""
-    cfg = served.config(service={"api_keys": [KEY], "index_poll_s": 0.2, "encoder": {"num_cpus": 0.5}})
+@pytest.fixture(scope="module", params=["haproxy", "python"])
+def endpoint(served: Served, request: pytest.FixtureRequest) -> str:
+    """The server's endpoint, as clients of the hosted API configure it: with a trailing slash. Every test
+    runs against both of what can answer HTTP (service.proxy)."""
+    service = {"api_keys": [KEY], "index_poll_s": 0.2, "encoder": {"num_cpus": 0.5}, "proxy": request.param}
+    cfg = served.config(service=service)
     with running(cfg, {"Ocp-Apim-Subscription-Key": KEY}) as url:
         yield url + "/"
 
@@ -139,7 +142,9 @@ def test_concurrent_aiohttp_clients_are_batched_and_still_exact(endpoint: str, s
 
             return await asyncio.gather(*[one(i) for i in ids], *[text(t) for t in served.text_vectors])
 
-    answers = asyncio.run(main())
+    # In a thread of its own: the page tests' browser (Playwright's sync API) may hold this thread's loop.
+    with ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(asyncio.run, main()).result()
     expected = [served.image_vectors[i] for i in ids] + list(served.text_vectors.values())
     for (status, body), vector in zip(answers, expected, strict=True):
         assert status == 200, body
