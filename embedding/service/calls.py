@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import numpy as np
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -51,14 +50,15 @@ class EncoderCalls:
             batched.set_max_batch_size(size)
             batched.set_batch_wait_timeout_s(wait)
 
-    async def text(self, version: str, text: str) -> np.ndarray:
-        """A validated text's unit vector (errors raised as ApiError)."""
+    async def text(self, version: str, text: str) -> dict[str, Any]:
+        """A validated text's unit vector: {"vector": float32 array, "json": its JSON text} (errors raised
+        as ApiError)."""
         if self.batching:
             return unwrap(await self._text_batch(version, text))
         return unwrap((await send(self.encoders[version].texts.remote([text]), self.retry_after_s))[0])
 
-    async def image(self, version: str, data: bytes) -> np.ndarray:
-        """An image file's unit vector (errors, an undecodable file's among them, raised as ApiError)."""
+    async def image(self, version: str, data: bytes) -> dict[str, Any]:
+        """An image file's unit vector, as `text` gives it (an undecodable file: ApiError)."""
         if self.batching:
             return unwrap(await self._image_batch(version, data))
         return unwrap((await send(self.encoders[version].images.remote([data]), self.retry_after_s))[0])

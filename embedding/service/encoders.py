@@ -23,7 +23,7 @@ from embedding.api import checked_vector, encoder_for, preprocess_for
 from embedding.config import Config
 from embedding.errors import EmbeddingError
 from embedding.images import ImageLimits, decode
-from embedding.service.wire import from_embedding_error, reply
+from embedding.service.wire import from_embedding_error, reply, vector_texts
 
 
 def batch_options(cfg: Config) -> tuple[int, float]:
@@ -42,8 +42,9 @@ def replica_config(cfg: Config) -> Config:
 
 @serve.deployment
 class EncoderDeployment:
-    """A batch of validated texts, or of image files' bytes, in; a reply per item (a unit vector, float32,
-    or the error of an image that does not decode) out, in order."""
+    """A batch of validated texts, or of image files' bytes, in; a reply per item, in order: a unit vector
+    (`vector`, float32, and `json`, the same as the hosted API's JSON array), or the error of an image that
+    does not decode."""
 
     def __init__(self, cfg_json: str, version: str):
         cfg = replica_config(Config.model_validate_json(cfg_json))
@@ -61,7 +62,7 @@ class EncoderDeployment:
         return await asyncio.to_thread(self._images, files)
 
     def _texts(self, texts: list[str]) -> list[dict[str, Any]]:
-        return [self._finished(values) for values in self.encoder.encode_texts(texts)]
+        return self._finished(self.encoder.encode_texts(texts))
 
     def _images(self, files: list[bytes]) -> list[dict[str, Any]]:
         replies: list[dict[str, Any]] = [{} for _ in files]
@@ -73,12 +74,17 @@ class EncoderDeployment:
                 replies[i] = reply(error=from_embedding_error(exc))
         if decoded:
             vectors = self.encoder.encode_pixels(np.stack(list(decoded.values())))
-            for i, values in zip(decoded, vectors, strict=True):
-                replies[i] = self._finished(values)
+            for i, answer in zip(decoded, self._finished(vectors), strict=True):
+                replies[i] = answer
         return replies
 
-    def _finished(self, values: np.ndarray) -> dict[str, Any]:
-        try:
-            return reply(checked_vector(values, self.version).values)
-        except EmbeddingError as exc:
-            return reply(error=from_embedding_error(exc))
+    def _finished(self, vectors: np.ndarray) -> list[dict[str, Any]]:
+        finite = np.isfinite(vectors).all(axis=1)
+        texts = vector_texts(np.where(finite[:, None], vectors, 0))
+        replies = []
+        for values, text in zip(vectors, texts, strict=True):
+            try:
+                replies.append(reply({"vector": checked_vector(values, self.version).values, "json": text}))
+            except EmbeddingError as exc:
+                replies.append(reply(error=from_embedding_error(exc)))
+        return replies

@@ -20,7 +20,6 @@ import logging
 from importlib import resources
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
@@ -163,8 +162,9 @@ class Ingress:
         data, _ = await asyncio.to_thread(fetch, url.strip(), source_settings(self.cfg, "request"))
         return data
 
-    async def _vector(self, version: str, kind: str, value: Any) -> np.ndarray:
-        """The unit vector of a text, an image's bytes or an image URL, from the version's encoder."""
+    async def _encode(self, version: str, kind: str, value: Any) -> dict[str, Any]:
+        """The unit vector of a text, an image's bytes or an image URL, from the version's encoder:
+        {"vector": float32 array, "json": the hosted API's JSON array}."""
         if kind == "text":
             return await self.encoders.text(version, validate_text(value, self.text_limits))
         return await self.encoders.image(version, await self._fetch(value) if kind == "url" else value)
@@ -181,10 +181,10 @@ class Ingress:
         version = model_version(request.query_params, self.versions, self.default)
         body = await read_body(request, self.body_limits)
         if _is_json(request):
-            vector = await self._vector(version, "url", _json_object(body).get("url"))
+            encoded = await self._encode(version, "url", _json_object(body).get("url"))
         else:  # raw bytes: application/octet-stream, image/*, a specific image type, or no type at all
-            vector = await self._vector(version, "image", body)
-        return vector_response(version, vector)
+            encoded = await self._encode(version, "image", body)
+        return vector_response(version, encoded["json"])
 
     @app.post("/computervision/retrieval:vectorizeText")
     async def vectorize_text(self, request: Request) -> Response:
@@ -192,8 +192,8 @@ class Ingress:
         check_api_version(request.query_params)
         version = model_version(request.query_params, self.versions, self.default)
         payload = _json_object(await read_body(request, self.body_limits))
-        vector = await self._vector(version, "text", payload.get("text"))
-        return vector_response(version, vector)
+        encoded = await self._encode(version, "text", payload.get("text"))
+        return vector_response(version, encoded["json"])
 
     # -- our own routes ------------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class Ingress:
         elif query.kind == "vector":
             ask["vector"], ask["vector_version"] = query.value, query.vector_version
         else:  # embedded with the index's own version, as `embedding search` does
-            ask["vector"] = await self._vector(version, query.kind, query.value)
+            ask["vector"] = (await self._encode(version, query.kind, query.value))["vector"]
             ask["vector_version"] = version
         answer = await self._call(self.searchers[version].search.remote(ask))
         return {**answer, "skip": query.skip, "top": query.top}

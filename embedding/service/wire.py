@@ -159,16 +159,22 @@ def model_version(query: Mapping[str, str], served: list[str], default: str, bod
     return name
 
 
-def vector_response(version: str, vector: np.ndarray) -> Response:
-    """The hosted 200, {"modelVersion": ..., "vector": [...]}, of a finite float32 vector.
+def vector_texts(vectors: np.ndarray) -> list[str]:
+    """Each row of a float32 matrix as a JSON array, each number the shortest text that reads back as the
+    same float32 (Arrow's formatter, in C, one call for the whole batch): a quarter of the time `json` takes
+    for 1,024 floats, and half the bytes. Rows must be finite (the encoder checks them)."""
+    rows, dim = vectors.shape
+    numbers = pc.cast(pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)), pa.string())
+    flat = numbers.to_pylist()
+    return ["[" + ",".join(flat[i * dim : (i + 1) * dim]) + "]" for i in range(rows)]
 
-    Each number is the shortest text that reads back as the same float32 (Arrow's formatter, in C): a
-    quarter of the time `json` takes for 1,024 floats, which was half of the ingress's time per request,
-    and half the bytes.
-    """
-    numbers = pc.cast(pa.array(np.asarray(vector, dtype=np.float32)), pa.string()).to_pylist()
-    body = f'{{"modelVersion":{json.dumps(version)},"vector":[{",".join(numbers)}]}}'
-    return Response(body, media_type="application/json")
+
+def vector_response(version: str, vector_json: str) -> Response:
+    """The hosted 200, {"modelVersion": ..., "vector": [...]}, with the vector already as JSON text (the
+    encoder writes it, so that the ingress, one process for every request, does not)."""
+    return Response(
+        f'{{"modelVersion":{json.dumps(version)},"vector":{vector_json}}}', media_type="application/json"
+    )
 
 
 _CAMEL = {

@@ -18,6 +18,7 @@ from embedding.service.wire import (
     too_many_requests,
     unwrap,
     vector_response,
+    vector_texts,
 )
 
 SERVED = ["demo", "rn50-openai"]
@@ -85,18 +86,24 @@ def test_hits_in_camel_case() -> None:
     }
 
 
-def test_a_vector_is_written_as_the_shortest_text_of_each_float32() -> None:
+def test_vectors_are_written_as_the_shortest_text_of_each_float32() -> None:
     rng = np.random.default_rng(0)
-    vector = rng.standard_normal(1024).astype(np.float32)
-    vector /= np.linalg.norm(vector)
-    odd = np.array([1e-5, -0.0, 1e-30, 3.4e38, 0.1, 1.0, 1e-45, -2.5e-8], dtype=np.float32)
-    for values in (vector, odd):
-        response = vector_response("demo", values)
-        assert response.media_type == "application/json"
-        body = json.loads(response.body)
-        assert list(body) == ["modelVersion", "vector"] and body["modelVersion"] == "demo"
-        back = np.asarray(body["vector"], dtype=np.float32)
-        assert np.array_equal(back, values)  # every float32 exactly
-    text = vector_response("demo", odd).body.decode()
+    vectors = rng.standard_normal((3, 1024)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    odd = np.array([[1e-5, -0.0, 1e-30, 3.4e38, 0.1, 1.0, 1e-45, -2.5e-8]], dtype=np.float32)
+    for matrix in (vectors, odd):
+        texts = vector_texts(matrix)
+        assert len(texts) == len(matrix)
+        for values, text in zip(matrix, texts, strict=True):
+            response = vector_response("demo", text)
+            assert response.media_type == "application/json"
+            body = json.loads(response.body)
+            assert list(body) == ["modelVersion", "vector"] and body["modelVersion"] == "demo"
+            assert np.array_equal(
+                np.asarray(body["vector"], dtype=np.float32), values
+            )  # every float32 exactly
+    (text,) = vector_texts(odd)
     assert "0.1," in text and "1e-45" in text  # not 0.10000000149011612
-    assert json.loads(vector_response('a "quoted" version', odd).body)["modelVersion"] == 'a "quoted" version'
+    assert (
+        json.loads(vector_response('a "quoted" version', text).body)["modelVersion"] == 'a "quoted" version'
+    )
