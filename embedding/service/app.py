@@ -1,12 +1,14 @@
 """Building and starting the Serve application of `embedding serve`.
 
-    ingress (FastAPI) --> encoder-<version>  (one per served version: the model, @serve.batch)
-                      --> search-<version>   (one per served version: its index, memory-mapped)
+    HTTP --> HAProxy (or Serve's Python proxy) --> ingress (FastAPI; forms batches: service.calls)
+        --> encoder-<version>  (one per served version: the model, a batch per call)
+        --> search-<version>   (one per served version: its index, memory-mapped)
 
 `build` is the application builder that a Serve config file names (configs/serve.yaml, for `serve
 deploy` on a cluster); its arguments are the project config. `start` is what `embedding serve` and the
-tests call: it joins Ray as the job does (embedding.cluster), starts Serve's HTTP proxy with the body-limit
-middleware, and runs the application. Without API keys the proxy binds 127.0.0.1 only.
+tests call: it joins Ray as the job does (embedding.cluster), starts Serve with the body-limit middleware
+and, where an HAProxy is found on this machine (`service.proxy`), in Serve's high-throughput mode, and
+runs the application. Without API keys the service binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
