@@ -241,10 +241,12 @@ class EncoderServiceConfig(Section):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)  # how long a batch waits to fill up
     replicas: int = Field(default=1, ge=1)  # fixed replicas; with max_replicas > replicas: autoscaling
     max_replicas: int | None = Field(default=None, ge=1)
-    target_ongoing_requests: float = Field(default=32, gt=0)  # autoscaling target per replica
-    max_ongoing_requests: int = Field(default=64, ge=1)  # in flight per replica
-    # Calls (a batch each, or a request with batching off) waiting for a replica beyond this get HTTP 429
-    # with Retry-After (per caller; -1: no limit).
+    # Calls to an encoder replica are batches (one request each with batching off): the autoscaling
+    # target is calls in flight per replica, and the ingress keeps 4 per replica in flight.
+    target_ongoing_requests: float = Field(default=2, gt=0)
+    max_ongoing_requests: int = Field(default=64, ge=1)  # calls in flight per replica
+    # Requests waiting beyond this get HTTP 429 with Retry-After (-1: no limit): with batching, those
+    # waiting at an ingress replica for a batch; without, calls waiting for an encoder replica.
     max_queued_requests: int = Field(default=256, ge=-1)
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float | None = Field(default=None, ge=0)  # None: inference.num_gpus_per_actor, or 1 with GPUs
@@ -252,6 +254,13 @@ class EncoderServiceConfig(Section):
     # does: a replica shares its node with Serve's proxy and other replicas, and threads beyond its share
     # of the cores spin against them.
     torch_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue(cls, value: int) -> int:
+        if value == 0:  # Serve refuses it for the encoder's own queue
+            raise ValueError("must be -1 (no limit) or at least 1")
+        return value
 
     @model_validator(mode="after")
     def _replicas(self) -> EncoderServiceConfig:

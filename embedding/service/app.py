@@ -14,7 +14,10 @@ runs the application. Without API keys the service binds 127.0.0.1 only.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +51,14 @@ HIGH_THROUGHPUT = {
     # is for load balancers in front of a cluster; this HAProxy runs on the replica's own node.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
-HAPROXY_PORTS = "HAProxy's read-only stats page (port 8404) and its Prometheus metrics (9101) listen"
+_FOLDERS: list[str] = []  # private_haproxy_files' folders, removed by stop()
+# Ray's HAProxy files, by the variable that places each (Ray's default folder: /tmp/haproxy-serve).
+HAPROXY_FILES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+}
 
 
 def served_versions(cfg: Config) -> tuple[list[str], str]:
@@ -183,6 +193,42 @@ def serve_env(cfg: Config, haproxy: bool) -> dict[str, str]:
     return {**env, **HIGH_THROUGHPUT, "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(min(most, 2**31 - 1))}
 
 
+def private_haproxy_files() -> dict[str, str]:
+    """Where HAProxy's files go when every node of the Ray is this machine: a new folder only this user
+    can enter. Ray's default folder is open to every local user, and its admin socket (mode 666, level
+    admin) can take the service's backends out or point them elsewhere. On a cluster ({} here) the other
+    nodes' HAProxy cannot use a folder of this machine: the operator places them (README, Security)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    if any(node["Alive"] and node["NodeManagerAddress"] != here for node in ray.nodes()):
+        return {}
+    # Mode 0700. Short: Ray adds a 56-character folder, and HAProxy's socket paths stop at 97 characters.
+    folder = tempfile.mkdtemp(prefix="hap-", dir="/tmp")
+    _FOLDERS.append(folder)
+    env = {name: os.path.join(folder, file) for name, file in HAPROXY_FILES.items()}
+    # Its stats page and metrics on free ports, not 8404 and 9101: a second service on this machine (or an
+    # HAProxy left behind by a killed one) would hold those, and HAProxy would not start.
+    stats, metrics = _free_ports(2)
+    return {
+        **env,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+    }
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @dataclass
 class Started:
     url: str
@@ -218,19 +264,35 @@ def start(cfg: Config, host: str | None = None, port: int | None = None) -> Star
         )
         host = LOOPBACK
     haproxy = uses_haproxy(cfg)
-    if haproxy:
-        notes.append(f"HTTP through HAProxy (Serve's high-throughput mode); {HAPROXY_PORTS} on all addresses")
     env = serve_env(cfg, haproxy)
     connect_ray(cfg.ray)
-    # Options apply when Serve starts; a Serve already running on the cluster keeps its own.
-    serve.start(
-        http_options={"host": host, "port": port},
-        controller_options={"runtime_env": {"env_vars": env}},
-    )
-    serve.run(build_app(cfg, digests, env), name=APP_NAME, route_prefix="/", blocking=False)
+    if haproxy:
+        env.update(private_haproxy_files())
+        stats = env.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
+        metrics = env.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101")
+        notes.append(
+            f"HTTP through HAProxy (Serve's high-throughput mode); its read-only stats page (port {stats}) "
+            f"and Prometheus metrics (port {metrics}) listen on all addresses"
+        )
+    try:
+        # Options apply when Serve starts; a Serve already running on the cluster keeps its own.
+        serve.start(
+            http_options={"host": host, "port": port},
+            controller_options={"runtime_env": {"env_vars": env}},
+        )
+        serve.run(build_app(cfg, digests, env), name=APP_NAME, route_prefix="/", blocking=False)
+    except BaseException:
+        _remove_folders()
+        raise
     return Started(f"http://{host}:{port}", versions, default, bool(digests), notes, _metrics_url())
 
 
 def stop() -> None:
-    """Remove the application and shut Serve down (its proxies and controller)."""
+    """Remove the application and shut Serve down (its proxies and controller), and HAProxy's folder."""
     serve.shutdown()
+    _remove_folders()
+
+
+def _remove_folders() -> None:
+    while _FOLDERS:
+        shutil.rmtree(_FOLDERS.pop(), ignore_errors=True)

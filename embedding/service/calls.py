@@ -1,7 +1,7 @@
 """How the ingress calls the other deployments: their handles, the errors of a call, and batching.
 
-Requests that arrive together travel to a version's encoder as one call, formed here by `@serve.batch`
-(`service.encoder.max_batch_size` and `batch_wait_timeout_s`), and run there as one model call
+Requests that arrive together travel to a version's encoder as one call, formed here by Serve's batching
+(`serve.batch`; `service.encoder.max_batch_size` and `batch_wait_timeout_s`), and run there as one model call
 (embedding.service.encoders). With `service.encoder.batching: false` every request is a call of its own.
 """
 
@@ -18,7 +18,7 @@ from embedding.config import Config
 from embedding.service.encoders import batch_options
 from embedding.service.wire import ApiError, too_many_requests, unwrap
 
-BATCHES_IN_FLIGHT = 8  # per route and ingress replica: enough to keep several encoder replicas busy
+BATCHES_PER_REPLICA = 4  # batches in flight per encoder replica and route: one runs, the next ones decode
 
 
 def own_handles(bound: dict[str, DeploymentHandle]) -> dict[str, DeploymentHandle]:
@@ -39,51 +39,72 @@ async def send(response: Any, retry_after_s: int) -> Any:
 
 
 class EncoderCalls:
-    """The encoder deployments of the served versions, as the ingress calls them."""
+    """The encoder deployments of the served versions, as the ingress calls them (one per ingress replica).
+
+    With batching, requests wait here for a batch: those beyond what the batches in flight hold plus
+    `service.encoder.max_queued_requests` get the hosted 429, as an encoder's full queue does without it.
+    """
 
     def __init__(self, cfg: Config, encoders: dict[str, DeploymentHandle]):
         self.encoders = own_handles(encoders)  # version -> DeploymentHandle of its EncoderDeployment
+        svc = cfg.service.encoder
         self.retry_after_s = cfg.service.retry_after_s
         size, wait = batch_options(cfg)
         self.batching = size > 1
-        for batched in (self._text_batch, self._image_batch):
-            batched.set_max_batch_size(size)
-            batched.set_batch_wait_timeout_s(wait)
+        in_flight = BATCHES_PER_REPLICA * (svc.max_replicas or svc.replicas)
+        # Requests one route may hold here before the next get 429 (None: no limit).
+        self.most = None if svc.max_queued_requests < 0 else in_flight * size + svc.max_queued_requests
+        self.waiting = {"texts": 0, "images": 0}
+        # Batchers of this object (Serve's decorator would share one queue, and one setting, per class).
+        batch = serve.batch(max_batch_size=size, batch_wait_timeout_s=wait, max_concurrent_batches=in_flight)
+        self._batchers = {"texts": batch(self._text_batch), "images": batch(self._image_batch)}
 
     async def text(self, version: str, text: str) -> dict[str, Any]:
         """A validated text's unit vector: {"vector": float32 array, "json": its JSON text} (errors raised
         as ApiError)."""
-        if self.batching:
-            return unwrap(await self._text_batch(version, text))
-        return unwrap((await send(self.encoders[version].texts.remote([text]), self.retry_after_s))[0])
+        return await self._encode("texts", version, text)
 
     async def image(self, version: str, data: bytes) -> dict[str, Any]:
         """An image file's unit vector, as `text` gives it (an undecodable file: ApiError)."""
-        if self.batching:
-            return unwrap(await self._image_batch(version, data))
-        return unwrap((await send(self.encoders[version].images.remote([data]), self.retry_after_s))[0])
+        return await self._encode("images", version, data)
 
-    # __init__ sets the configured size and wait. Several batches may be in flight at once: one per
-    # encoder replica that is free.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=BATCHES_IN_FLIGHT)
-    async def _text_batch(self, versions: list[str], texts: list[str]) -> list[dict[str, Any]]:
+    async def _encode(self, method: str, version: str, value: Any) -> dict[str, Any]:
+        if not self.batching:
+            return unwrap(
+                (await send(getattr(self.encoders[version], method).remote([value]), self.retry_after_s))[0]
+            )
+        if self.most is not None and self.waiting[method] >= self.most:
+            raise too_many_requests(self.retry_after_s)
+        self.waiting[method] += 1
+        try:
+            answer = await self._batchers[method](version, value)
+        finally:
+            self.waiting[method] -= 1
+        if isinstance(answer, ApiError):
+            raise answer
+        return unwrap(answer)
+
+    async def _text_batch(self, versions: list[str], texts: list[str]) -> list[Any]:
         return await self._encode_batch("texts", versions, texts)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=BATCHES_IN_FLIGHT)
-    async def _image_batch(self, versions: list[str], files: list[bytes]) -> list[dict[str, Any]]:
+    async def _image_batch(self, versions: list[str], files: list[bytes]) -> list[Any]:
         return await self._encode_batch("images", versions, files)
 
-    async def _encode_batch(self, method: str, versions: list[str], values: list[Any]) -> list[dict]:
+    async def _encode_batch(self, method: str, versions: list[str], values: list[Any]) -> list[Any]:
         """One encoder call per model version in the batch; the replies in the requests' order. A call
-        that fails (a full queue: 429) fails every request of its batch."""
+        that is refused (a full queue, no replica) fails the requests of its version only."""
         items: dict[str, list[int]] = {}
         for i, version in enumerate(versions):
             items.setdefault(version, []).append(i)
-        replies: list[dict[str, Any]] = [{} for _ in values]
+        replies: list[Any] = [{} for _ in values]  # a reply, or the ApiError of a refused call
 
         async def encode(version: str, where: list[int]) -> None:
             call = getattr(self.encoders[version], method).remote([values[i] for i in where])
-            for i, answer in zip(where, await send(call, self.retry_after_s), strict=True):
+            try:
+                answers = await send(call, self.retry_after_s)
+            except ApiError as exc:  # raised to each caller as it is (a 429 keeps its Retry-After)
+                answers = [exc] * len(where)
+            for i, answer in zip(where, answers, strict=True):
                 replies[i] = answer
 
         await asyncio.gather(*(encode(version, where) for version, where in items.items()))

@@ -3,7 +3,7 @@
 It holds the job's own `Encoder` (the same model, device, precision and normalisation as the batch job)
 and decodes image bytes with the job's `decode` and the version's preprocessing, so one input gives the
 same vector online and in the job. Batches are formed where requests arrive, by the ingress's
-`@serve.batch` (embedding.service.ingress): requests that arrive within `service.encoder.batch_wait_timeout_s`
+`serve.batch` (embedding.service.calls): requests that arrive within `service.encoder.batch_wait_timeout_s`
 travel to this deployment as one call and run as one model call of up to `max_batch_size`. Forming them
 there, not here, is what makes batching pay on a CPU: a call between deployments costs more than the demo
 model's forward pass, and a batch pays it once. With `service.encoder.batching: false` every request is a
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,9 @@ class EncoderDeployment:
         self.encoder = encoder_for(cfg, version)
         self.prep = preprocess_for(self.encoder, cfg)
         self.limits = ImageLimits(cfg.limits.min_image_side, cfg.limits.max_image_side)
+        # One model call at a time: calls arrive concurrently (a batch each), and tokenizers (Hugging Face's
+        # fast ones) and device memory are not made for concurrent forward passes. Decoding runs outside it.
+        self.model_lock = threading.Lock()
 
     async def texts(self, texts: list[str]) -> list[dict[str, Any]]:
         # The model runs in a thread so that the replica keeps accepting calls meanwhile.
@@ -62,7 +66,9 @@ class EncoderDeployment:
         return await asyncio.to_thread(self._images, files)
 
     def _texts(self, texts: list[str]) -> list[dict[str, Any]]:
-        return self._finished(self.encoder.encode_texts(texts))
+        with self.model_lock:
+            vectors = self.encoder.encode_texts(texts)
+        return self._finished(vectors)
 
     def _images(self, files: list[bytes]) -> list[dict[str, Any]]:
         replies: list[dict[str, Any]] = [{} for _ in files]
@@ -73,7 +79,8 @@ class EncoderDeployment:
             except EmbeddingError as exc:
                 replies[i] = reply(error=from_embedding_error(exc))
         if decoded:
-            vectors = self.encoder.encode_pixels(np.stack(list(decoded.values())))
+            with self.model_lock:
+                vectors = self.encoder.encode_pixels(np.stack(list(decoded.values())))
             for i, answer in zip(decoded, self._finished(vectors), strict=True):
                 replies[i] = answer
         return replies

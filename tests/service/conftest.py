@@ -7,6 +7,7 @@ module starts its own server (module-scoped) on the shared local Ray, on 127.0.0
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import queue
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -222,6 +224,31 @@ def serving_command(cfg: Config, folder: Path, ray_address: str, host: str = "0.
         if process.poll() is None:
             process.kill()
             process.wait(timeout=60)
+
+
+def assert_burst_overflows(url: str, served: Served, retry_after_s: int = 3) -> None:
+    """24 images at once: some are encoded (200), the rest get the hosted 429 with Retry-After."""
+    bodies = [Path(served.uris[i]).read_bytes() for i in sorted(served.uris)[:24]]
+    params = {"api-version": "2024-02-01"}
+
+    async def burst() -> list[tuple[int, dict, dict]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(data: bytes) -> tuple[int, dict, dict]:
+                route = f"{url}/computervision/retrieval:vectorizeImage"
+                async with session.post(route, params=params, data=data) as answer:
+                    return answer.status, dict(answer.headers), await answer.json()
+
+            return await asyncio.gather(*(one(b) for b in bodies))
+
+    answers = asyncio.run(burst())
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) == {200, 429}, statuses
+    for status, headers, body in answers:
+        if status == 429:
+            assert headers["Retry-After"] == str(retry_after_s) and headers["x-ms-error-code"] == "429"
+            assert body["error"]["code"] == "429"
+            assert f"Try again in {retry_after_s} seconds" in body["error"]["message"]
 
 
 def cosine(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:

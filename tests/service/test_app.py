@@ -11,7 +11,15 @@ from ray.serve.schema import ServeDeploySchema
 from embedding.config import Config
 from embedding.errors import ConfigError
 from embedding.service import app as service_app
-from embedding.service.app import HIGH_THROUGHPUT, build, serve_env, served_versions, uses_haproxy
+from embedding.service.app import (
+    HIGH_THROUGHPUT,
+    build,
+    private_haproxy_files,
+    serve_env,
+    served_versions,
+    stop,
+    uses_haproxy,
+)
 from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,3 +68,17 @@ def test_served_versions() -> None:
 def test_the_builder_refuses_unknown_keys() -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'service.bogus'"):
         build({"service": {"bogus": 1}})
+
+
+def test_haproxys_files_go_to_a_folder_only_this_user_can_enter(ray_local) -> None:
+    env = private_haproxy_files()  # the shared local Ray: every node is this machine
+    folder = Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+    for name in service_app.HAPROXY_FILES:
+        assert Path(env[name]).parent == folder
+        # Ray adds a folder of 56 characters; HAProxy refuses socket paths over 97.
+        assert len(env[name]) + 57 <= 97
+    stats, metrics = int(env["RAY_SERVE_HAPROXY_STATS_PORT"]), int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])
+    assert stats != metrics and 8404 not in (stats, metrics)  # free ports, not HAProxy's fixed ones
+    stop()  # removes it (and shuts down a Serve that is not running: nothing)
+    assert not folder.exists()

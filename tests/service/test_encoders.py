@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-import aiohttp
 import pytest
 import requests
 
 from embedding.config import Config
 from embedding.service.encoders import batch_options, replica_config
-from tests.service.conftest import Served, cosine, running
+from tests.service.conftest import Served, assert_burst_overflows, cosine, running
 
 pytestmark = pytest.mark.integration
 
@@ -64,23 +62,4 @@ def test_batching_off_gives_the_jobs_vectors(url: str, served: Served) -> None:
 
 def test_a_full_queue_is_429_with_retry_after(url: str, served: Served) -> None:
     # One request in the model and one waiting are all the queue takes; a burst of 24 overflows it.
-    bodies = [Path(served.uris[i]).read_bytes() for i in images(served, 24)]
-
-    async def burst() -> list[tuple[int, dict, dict]]:
-        async with aiohttp.ClientSession() as session:
-
-            async def one(data: bytes) -> tuple[int, dict, dict]:
-                async with session.post(
-                    f"{url}/computervision/retrieval:vectorizeImage", params=PARAMS, data=data
-                ) as answer:
-                    return answer.status, dict(answer.headers), await answer.json()
-
-            return await asyncio.gather(*(one(b) for b in bodies))
-
-    answers = asyncio.run(burst())
-    statuses = [status for status, _, _ in answers]
-    assert set(statuses) == {200, 429}, statuses
-    for status, headers, body in answers:
-        if status == 429:
-            assert headers["Retry-After"] == "3" and headers["x-ms-error-code"] == "429"
-            assert body["error"]["code"] == "429" and "Try again in 3 seconds" in body["error"]["message"]
+    assert_burst_overflows(url, served)
