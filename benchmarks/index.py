@@ -37,7 +37,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
-from embedding.config import load_config
+from embedding.config_file import load_config
 from embedding.index.build import build_index
 from embedding.index.search import Index
 from embedding.outputs import Partition

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from embedding.config import load_config
+from embedding.config_file import load_config
 from embedding.models import load_model
 
 

@@ -12,7 +12,7 @@ from embedding.errors import ConfigError, EmbeddingError
 
 
 def _models(args: argparse.Namespace) -> int:
-    from embedding.config import load_config
+    from embedding.config_file import load_config
     from embedding.models import all_versions, locate_weights
     from embedding.models.registry import register_architectures
 
@@ -57,7 +57,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from embedding.config import load_config
+    from embedding.config_file import load_config
     from embedding.job import run
     from embedding.summary import Phases, save_summary
 
@@ -100,7 +100,7 @@ def _shutdown_ray() -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from embedding.config import load_config
+    from embedding.config_file import load_config
     from embedding.index.build import build_index
     from embedding.index.search import Index
     from embedding.index.store import index_dir
@@ -132,7 +132,7 @@ def _parse_filters(items: list[str] | None) -> dict[str, str]:
 
 def _search(args: argparse.Namespace) -> int:
     from embedding.api import search
-    from embedding.config import load_config
+    from embedding.config_file import load_config
 
     overrides = list(args.set or [])
     if args.group_videos is not None:
@@ -162,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from embedding.config import load_config
+    from embedding.config_file import load_config
     from embedding.service.app import start, stop
 
     cfg = load_config(args.config, args.set or [])
@@ -191,7 +191,7 @@ def _demo(args: argparse.Namespace) -> int:
     """The quick start: make the sample data if it is missing, then run the local config end to end."""
     import os
 
-    from embedding.config import load_config
+    from embedding.config_file import load_config
     from embedding.demo.sample import write_sample
 
     cfg = load_config(args.config, args.set or [])

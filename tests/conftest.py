@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedding.config import Config, load_config
+from embedding.config import Config
+from embedding.config_file import load_config
 from embedding.demo.sample import write_sample
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests talk to their own local Ray only

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedding.config import Config, load_config
+from embedding.config import Config
+from embedding.config_file import load_config
 from embedding.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -213,7 +213,7 @@ def test_limits_come_from_the_config() -> None:
     )
     limits = ImageLimits.from_config(cfg)
     assert limits == ImageLimits(min_side=10, max_side=900, max_pixels=5000, formats=("PNG", "PPM"))
-    from embedding.config import load_config
+    from embedding.config_file import load_config
     from embedding.errors import ConfigError
 
     with pytest.raises(ConfigError, match="Pillow cannot open NOPE"):

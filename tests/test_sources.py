@@ -69,7 +69,7 @@ def test_settings_from_the_config() -> None:
 
 
 def test_bad_network_ranges_are_config_errors() -> None:
-    from embedding.config import load_config
+    from embedding.config_file import load_config
     from embedding.errors import ConfigError
 
     with pytest.raises(ConfigError, match="CIDR"):

@@ -12,7 +12,8 @@ import pytest
 
 from embedding import video as video_module
 from embedding import video_sampler
-from embedding.config import Config, InferenceConfig, ModelConfig, load_config
+from embedding.config import Config, InferenceConfig, ModelConfig
+from embedding.config_file import load_config
 from embedding.demo import captions
 from embedding.encoder import Encoder
 from embedding.errors import ConfigError, EmbeddingError, ErrorCode

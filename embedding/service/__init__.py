@@ -4,9 +4,10 @@ app             the application builder (`build`, for Serve config files) and `s
 ingress         the FastAPI ingress: every route
 wire            the hosted API's wire format (api-version, model-version, the error envelope)
 search_request  the body of POST /retrieval:search, checked
-body            request bodies under the byte limit (in the ingress and in Serve's proxy)
+body            request bodies under the byte limit (in whatever serves HTTP, and in the ingress)
 security        API keys and the source policy of every URL the service fetches
-encoders        the encoder deployment (one per model version, @serve.batch)
+calls           how the ingress calls the other deployments: handles, errors, batches (serve.batch)
+encoders        the encoder deployment (one per model version, a batch per call)
 searcher        the search deployment (one per model version); live_index, the index it holds
 thumbnails      thumbnails of indexed images, cached under <output.root>/_cache/
 page/           the search page's static files (no CDN, no build step)

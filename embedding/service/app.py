@@ -26,7 +26,8 @@ from ray import serve
 from ray.serve import Application
 
 from embedding.cluster import connect_ray
-from embedding.config import Config, describe_errors
+from embedding.config import Config
+from embedding.config_file import describe_errors
 from embedding.errors import ConfigError
 from embedding.models import check_available, get_version
 from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK

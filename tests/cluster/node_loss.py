@@ -14,7 +14,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from embedding.config import load_config
+from embedding.config_file import load_config
 from embedding.job import run
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedding.config import Config, load_config
+from embedding.config import Config
+from embedding.config_file import load_config
 from embedding.outputs import Partition
 from embedding.rows import embedding_type
 from embedding.schemas import OutputSchemas, file_metadata

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedding.api import search, vectorize_image, vectorize_text
-from embedding.config import load_config
+from embedding.config_file import load_config
 from embedding.errors import EmbeddingError, ErrorCode
 from embedding.job import run
 
