@@ -4,7 +4,7 @@
 
 1. Model only: uint8 batches already on the GPU, normalised there (as the job's encoder does), then
    `encode_image` in fp16; images/s over timed batches after a warm-up.
-2. From JPEGs: the job's CPU path (`embedding.images.decode`, reduced-scale JPEG decoding) in a process
+2. From JPEGs: the job's CPU path (`embedding.media.image.decode`, reduced-scale JPEG decoding) in a process
    pool feeding the same encoder through uint8 batches, without Ray (Ray does not fit the device tool's
    transfer limit); images/s of the whole loop. Photos: benchmarks/photos.py (scikit-image) when it is
    installed, else the project's synthetic generator at 1-12 MP.
@@ -25,7 +25,9 @@ import numpy as np
 import open_clip
 import torch
 
-from embedding.images import ImageLimits, Preprocess, decode
+from embedding.media.image import decode
+from embedding.media.imagecheck import ImageLimits
+from embedding.media.resize import Preprocess
 
 PREP = Preprocess(size=(224, 224))
 

@@ -40,9 +40,9 @@ import pyarrow as pa
 from embedding.config_file import load_config
 from embedding.index.build import build_index
 from embedding.index.search import Index
-from embedding.outputs import Partition
-from embedding.rows import embedding_type
-from embedding.schemas import OutputSchemas, file_metadata
+from embedding.stages.rows import embedding_type
+from embedding.store.partition import Partition
+from embedding.store.schemas import OutputSchemas, file_metadata
 
 DIM, K, VERSION = 1024, 10, "demo"
 

@@ -37,12 +37,12 @@ PLAN = textwrap.dedent(
     def rss():  # this process's peak RSS: VmHWM starts afresh at exec (ru_maxrss keeps the parent's)
         status = open("/proc/self/status").read()
         return int(status.split("VmHWM:")[1].split()[0]) / 1024
-    from embedding.manifest import find_files, plan_units
-    from embedding.outputs import Partition
-    from embedding.plan import make_plan
+    from embedding.store.manifest import find_files, plan_units
+    from embedding.store.partition import Partition
+    from embedding.job.plan import make_plan
     if version == "after":
         import ray
-        from embedding.plan import RayTasks
+        from embedding.job.plan import RayTasks
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     base = rss()
     t0 = time.perf_counter()
@@ -82,22 +82,22 @@ READ = textwrap.dedent(
             counted["bytes"] += n or 0
             return n
         local.LocalFileOpener.readinto = readinto
-    from embedding.manifest import find_files, plan_units
-    from embedding.outputs import Partition
+    from embedding.store.manifest import find_files, plan_units
+    from embedding.store.partition import Partition
     files = find_files([path], {})
     units = plan_units(files, 64)
     part = Partition(root, "image", "demo")
     counted["bytes"] = 0  # the run's reads of rows, not the listing's
     if version == "after":
-        from embedding.plan import make_plan
-        from embedding.stages import ReadSettings, unit_rows
+        from embedding.job.plan import make_plan
+        from embedding.stages.read import ReadSettings, unit_rows
         plan = make_plan("image", files, units, part, {}, False, {})
         planned = counted["bytes"]
         settings = ReadSettings("image", [], True, False, {}, root, {}, "demo", False)
         rows = sum(t.num_rows for task in plan.reads for _, t in unit_rows(task, settings, plan.fates))
     else:
-        from embedding.plan import make_plan
-        from embedding.manifest import read_rows
+        from embedding.job.plan import make_plan
+        from embedding.store.manifest import read_rows
         plan = make_plan("image", files, units, part, {}, False, {})
         planned = counted["bytes"]
         rows = 0

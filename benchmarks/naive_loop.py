@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from embedding.config_file import load_config
-from embedding.models import load_model
+from embedding.models.loading import load_model
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ def prepare(work: Path) -> Config:
         }
     )
     if not Path(index_dir(cfg.output.root, "demo"), "index.json").exists():
-        from embedding.job import run
+        from embedding.job.run import run
 
         run(cfg)
     return cfg

@@ -21,8 +21,9 @@ from benchmarks.photos import upscaled_photos
 from embedding.config import InferenceConfig, ModelConfig
 from embedding.demo import captions, synthetic
 from embedding.demo.quality import spec_pixels
-from embedding.encoder import Encoder
-from embedding.images import ImageLimits, decode
+from embedding.media.image import decode
+from embedding.media.imagecheck import ImageLimits
+from embedding.stages.encode import Encoder
 
 
 def encode(encoder: Encoder, pixels: np.ndarray) -> tuple[np.ndarray, float]:

@@ -3,7 +3,7 @@
     python -m benchmarks.preprocess [--photos /tmp/bench-photos] [--count 60] [--size 224]
 
 Reference: `preprocess(PIL.Image.open(path))` with open_clip's eval transform (bicubic resize of the
-shortest side, centre crop, to tensor, normalise). Ours: `embedding.images.decode(bytes)` to uint8 pixels
+shortest side, centre crop, to tensor, normalise). Ours: `embedding.media.image.decode(bytes)` to uint8 pixels
 (reduced-scale JPEG decoding, resampling only the kept region; normalisation happens later on the model's
 device). Both run pinned to one CPU core with one thread, over the same files, after a warm-up pass.
 Parity: mean absolute difference of the pixels in 0-255 levels, and cosine of the demo model's embeddings
@@ -25,8 +25,10 @@ import torch
 from PIL import Image
 
 from benchmarks.photos import real_photos, upscaled_photos
-from embedding.images import ImageLimits, Preprocess, decode
-from embedding.models import load_model
+from embedding.media.image import decode
+from embedding.media.imagecheck import ImageLimits
+from embedding.media.resize import Preprocess
+from embedding.models.loading import load_model
 
 
 def pin_to_one_core() -> int:

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from embedding.encoder import ImageEncodeStage
-from embedding.rows import append_columns, pending_rows, timing_columns, with_embeddings
+from embedding.stages.encode import ImageEncodeStage
+from embedding.stages.rows import append_columns, pending_rows, timing_columns, with_embeddings
 
 DIM = 1024
 

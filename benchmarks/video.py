@@ -1,4 +1,4 @@
-"""Video frame sampling throughput on one core: embedding.video against the naive way.
+"""Video frame sampling throughput on one core: embedding.media.video against the naive way.
 
     python -m benchmarks.video [--seconds 30] [--fps 30] [--gop 60] [--size 224] [--repeat 3]
 
@@ -8,8 +8,8 @@ The script first makes a 1080p H.264 video (libx264, preset veryfast, CRF `--crf
 pixels (`--size` px, one frame a second):
 
 - naive: decode every frame, convert each one to a full-size RGB picture, keep one a second and resize
-  the kept ones (`embedding.images.resize_crop`);
-- interval: `embedding.video.sample_frames` with `video.sample: interval` (1 s);
+  the kept ones (`embedding.media.image.resize_crop`);
+- interval: `embedding.media.video.sample_frames` with `video.sample: interval` (1 s);
 - keyframes: the same with `video.sample: keyframes`;
 - decode only: every frame decoded and nothing converted, to show what decoding alone costs.
 
@@ -32,8 +32,9 @@ import numpy as np
 from PIL import Image
 
 from embedding.demo.synthetic import render
-from embedding.images import ImageLimits, Preprocess, resize_crop
-from embedding.video import VideoSettings, sample_frames
+from embedding.media.imagecheck import ImageLimits
+from embedding.media.resize import Preprocess, resize_crop
+from embedding.media.video import VideoSettings, sample_frames
 from tests.video_factory import SCENES, scene_spec
 
 CACHE = Path("/tmp/embedding-bench-video")
@@ -138,8 +139,8 @@ def main() -> None:
     prep = Preprocess(size=(args.size, args.size))
     methods: dict[str, Callable[[], object]] = {
         "naive (every frame to RGB)": lambda: naive(path, prep, 1.0),
-        "interval 1 s (embedding.video)": lambda: ours(path, prep, VideoSettings()),
-        "keyframes (embedding.video)": lambda: ours(path, prep, VideoSettings(sample="keyframes")),
+        "interval 1 s (embedding.media.video)": lambda: ours(path, prep, VideoSettings()),
+        "keyframes (embedding.media.video)": lambda: ours(path, prep, VideoSettings(sample="keyframes")),
         "decode only (no RGB, nothing kept)": lambda: decode_only(path),
     }
     cpu: dict[str, float] = {}
@@ -164,7 +165,10 @@ def main() -> None:
             f"{name:38} {elapsed:7.2f} {wall[name]:7.2f} {args.seconds / elapsed:10.1f} {frames:7d} {rate} "
             f"{base / elapsed:8.2f}x"
         )
-    kept_naive, kept_ours = results["naive (every frame to RGB)"], results["interval 1 s (embedding.video)"]
+    kept_naive, kept_ours = (
+        results["naive (every frame to RGB)"],
+        results["interval 1 s (embedding.media.video)"],
+    )
     if isinstance(kept_naive, list) and isinstance(kept_ours, list) and len(kept_naive) == len(kept_ours):
         mad = np.mean(
             [np.abs(a.astype(np.int16) - b).mean() for a, b in zip(kept_naive, kept_ours, strict=True)]

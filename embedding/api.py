@@ -14,15 +14,18 @@ import numpy as np
 
 from embedding.config import Config
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.identity import SEARCH_FIELDS, check_same, identity_for
-from embedding.images import ImageLimits, Preprocess, decode
+from embedding.fetch.sources import check_size, fetch
+from embedding.fetch.uripolicy import SourceSettings, resolve_uri
+from embedding.index.relevance import metadata_score, relevance
 from embedding.index.search import Index
-from embedding.relevance import metadata_score, relevance
-from embedding.sources import SourceSettings, check_size, fetch, resolve_uri
-from embedding.text import TextLimits, validate_text
+from embedding.media.image import decode
+from embedding.media.imagecheck import ImageLimits
+from embedding.media.resize import Preprocess
+from embedding.media.text import TextLimits, validate_text
+from embedding.models.identity import SEARCH_FIELDS, check_same, identity_for
 
 if TYPE_CHECKING:
-    from embedding.encoder import Encoder
+    from embedding.stages.encode import Encoder
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Hit:
 
 @lru_cache(maxsize=4)
 def _encoder(version: str, cfg_json: str) -> Encoder:
-    from embedding.encoder import Encoder  # torch loads with the first model, not with this module
+    from embedding.stages.encode import Encoder  # torch loads with the first model, not with this module
 
     cfg = Config.model_validate_json(cfg_json)
     return Encoder(version, cfg.model, cfg.inference)
@@ -198,8 +201,8 @@ def rank(
 
 
 def _segments(hits: list[Hit], cfg: Config) -> list[Hit]:
-    """Frames of a video grouped into segments (embedding.segments); images as they are."""
-    from embedding.segments import FrameHit, Segment, group_segments, segment_gap_s
+    """Frames of a video grouped into segments (embedding.index.segments); images as they are."""
+    from embedding.index.segments import FrameHit, Segment, group_segments, segment_gap_s
 
     frames = [
         FrameHit(

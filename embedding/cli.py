@@ -13,8 +13,7 @@ from embedding.errors import ConfigError, EmbeddingError
 
 def _models(args: argparse.Namespace) -> int:
     from embedding.config_file import load_config
-    from embedding.models import all_versions, locate_weights
-    from embedding.models.registry import register_architectures
+    from embedding.models.registry import all_versions, locate_weights, register_architectures
 
     register_architectures()
     cfg = load_config(args.config, args.set or []) if args.config else None
@@ -58,8 +57,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from embedding.config_file import load_config
-    from embedding.job import run
-    from embedding.summary import Phases, save_summary
+    from embedding.job.run import run
+    from embedding.job.summary import Phases, save_summary
 
     overrides = list(args.set or [])
     if args.retry_errors:

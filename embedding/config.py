@@ -164,7 +164,7 @@ class LimitsConfig(Section):
 
 
 class VideoConfig(Section):
-    """How frames are sampled from video rows (embedding/video.py) and grouped into search results."""
+    """How frames are sampled from video rows (embedding/media/video.py) and grouped into search results."""
 
     # interval: one frame every frame_interval_s; keyframes: only the keyframes (decodes far less)
     sample: Literal["interval", "keyframes"] = "interval"

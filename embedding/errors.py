@@ -36,6 +36,14 @@ class ErrorCode(StrEnum):
 # AccessDenied is permanent on purpose: a 403 does not go away by asking again, and every rerun would
 # otherwise repeat the requests of a whole forbidden bucket.
 TRANSIENT_CODES = frozenset({ErrorCode.FETCH_FAILED, ErrorCode.TIMEOUT})
+# The manifest's own verdicts: a rerun gives the same answer, so they are never retried.
+MANIFEST_CODES = frozenset({ErrorCode.INVALID_MANIFEST_ROW, ErrorCode.DUPLICATE_ID})
+
+
+def retryable(code: str, retry_errors: bool) -> bool:
+    """Whether an error row is written again: transient codes on resume, all but the manifest's with
+    --retry-errors."""
+    return code not in MANIFEST_CODES and (retry_errors or code in TRANSIENT_CODES)
 
 
 class EmbeddingError(Exception):

@@ -55,7 +55,7 @@ def make_config(tmp_path: Path, ray_local):
             "inference": {"device": "cpu", "batch_size": 32},
             "fetch": {"timeout_s": 5, "retries": 1, "backoff_s": 0.1},
             "index": {"enabled": False},
-            # The Ray Data plan, which most tests are about; tests/integration/test_standalone.py runs the
+            # The Ray Data plan, which most tests are about; tests/job/test_standalone.py runs the
             # other executor (and the service's and search's fixtures run the default, auto).
             "run": {"executor": "ray"},
         }

@@ -1,7 +1,7 @@
 """The demo model's quality bar, measured on synthetic images from a seed that training never uses.
 
 Images go through the same path as in the job: rendered, written as real JPEG/PNG bytes, decoded and resized
-by `embedding.images.decode`. The model is given as two callables, so the project's own encoder can be
+by `embedding.media.image.decode`. The model is given as two callables, so the project's own encoder can be
 checked as well as a bare open_clip model (`model_encoders` builds the callables for one).
 """
 
@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from embedding.demo import captions, synthetic
-from embedding.images import ImageLimits, Preprocess, decode
+from embedding.media.image import decode
+from embedding.media.imagecheck import ImageLimits
+from embedding.media.resize import Preprocess
 
 EVAL_SEED = 1_000_003  # never used for training images (train.py refuses it)
 PER_CLASS = 12  # more than 10, so a perfect model reaches precision@10 = 1.0

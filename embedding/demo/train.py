@@ -1,9 +1,9 @@
 """Train the `demo` model version: a small open_clip CLIP, contrastive on synthetic shapes and their captions.
 
 Images come from `embedding.demo.synthetic`, pass through a real JPEG/PNG round trip and the job's own
-decoder (`embedding.images.decode`), so training sees exactly what inference sees. Captions are drawn from
-every template of every language in `embedding.demo.captions`. Each batch holds every colour x shape class
-at most once: two images of one class in a batch would be false negatives for open_clip's `ClipLoss`.
+decoder (`embedding.media.image.decode`), so training sees exactly what inference sees. Captions are drawn
+from every template of every language in `embedding.demo.captions`. Each batch holds every colour x shape
+class at most once: two images of one class in a batch would be false negatives for open_clip's `ClipLoss`.
 
 The run is deterministic for a seed and a step count; `minutes` is only a safety cap on wall time.
 """
@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from embedding.demo import captions, quality, synthetic
-from embedding.images import Preprocess
+from embedding.media.resize import Preprocess
 from embedding.models.registry import DEMO_ARCHITECTURE, register_architectures
 
 log = logging.getLogger(__name__)

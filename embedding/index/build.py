@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from embedding.cluster import connect_ray
 from embedding.config import Config, IndexConfig
 from embedding.errors import ConfigError
-from embedding.identity import check_same, identity_for
 from embedding.index.kinds import IndexKind, choose, create
 from embedding.index.store import (
     IndexManifest,
@@ -33,10 +32,11 @@ from embedding.index.store import (
     sha256_file,
     write_manifest,
 )
-from embedding.lease import Lease
-from embedding.models import get_version
-from embedding.outputs import FRAMES_TABLE, Partition
-from embedding.storage import filesystem
+from embedding.models.identity import check_same, identity_for
+from embedding.models.registry import get_version
+from embedding.store.files import filesystem
+from embedding.store.lease import Lease
+from embedding.store.partition import FRAMES_TABLE, Partition
 
 log = logging.getLogger(__name__)
 

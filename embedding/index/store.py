@@ -34,7 +34,7 @@ import fsspec
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from embedding.errors import ConfigError
-from embedding.storage import filesystem, write_atomic
+from embedding.store.files import filesystem, write_atomic
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 2
@@ -103,7 +103,7 @@ class IndexManifest(BaseModel):
     metadata_columns: list[str]
     sources: list[str]  # the embedding files (relative to the output root) it was built from
     units: dict[str, str]  # unit id -> SHA-256 of its commit marker: exactly what the index holds
-    identity: dict[str, Any]  # the model that made the vectors (embedding.identity)
+    identity: dict[str, Any]  # the model that made the vectors (embedding.models.identity)
     built_at: str
     build_seconds: float
     build_id: str

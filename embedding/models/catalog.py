@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from embedding.config import ModelVersionSpec
-from embedding.images import Preprocess
+from embedding.media.resize import Preprocess
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import open_clip
 import torch
 
-from embedding.cache import file_sha256
 from embedding.config import ModelConfig, ModelVersionSpec
 from embedding.errors import ConfigError
-from embedding.images import Preprocess
+from embedding.media.resize import Preprocess
 from embedding.models.catalog import model_config, preprocess_for
 from embedding.models.registry import check_available, expected_sha256, locate_weights, register_architectures
+from embedding.store.cache import file_sha256
 
 
 @dataclass

@@ -29,7 +29,7 @@ from embedding.cluster import connect_ray
 from embedding.config import Config
 from embedding.config_file import describe_errors
 from embedding.errors import ConfigError
-from embedding.models import check_available, get_version
+from embedding.models.registry import check_available, get_version
 from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK
 from embedding.service.encoders import EncoderDeployment
 from embedding.service.ingress import Ingress

@@ -15,10 +15,15 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from embedding.config import Config
-from embedding.service.encoders import batch_options
 from embedding.service.wire import ApiError, too_many_requests, unwrap
 
 BATCHES_PER_REPLICA = 4  # batches in flight per encoder replica and route: one runs, the next ones decode
+
+
+def batch_options(cfg: Config) -> tuple[int, float]:
+    """(max batch size, wait in seconds) of the encoder deployment; batching off is (1, 0)."""
+    svc = cfg.service.encoder
+    return (svc.max_batch_size, svc.batch_wait_timeout_s) if svc.batching else (1, 0.0)
 
 
 def own_handles(bound: dict[str, DeploymentHandle]) -> dict[str, DeploymentHandle]:

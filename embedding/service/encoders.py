@@ -23,14 +23,9 @@ from ray import serve
 from embedding.api import checked_vector, encoder_for, preprocess_for
 from embedding.config import Config
 from embedding.errors import EmbeddingError
-from embedding.images import ImageLimits, decode
+from embedding.media.image import decode
+from embedding.media.imagecheck import ImageLimits
 from embedding.service.wire import from_embedding_error, reply, vector_texts
-
-
-def batch_options(cfg: Config) -> tuple[int, float]:
-    """(max batch size, wait in seconds) of the encoder deployment; batching off is (1, 0)."""
-    svc = cfg.service.encoder
-    return (svc.max_batch_size, svc.batch_wait_timeout_s) if svc.batching else (1, 0.0)
 
 
 def replica_config(cfg: Config) -> Config:

@@ -29,6 +29,8 @@ from starlette.exceptions import HTTPException
 
 from embedding.config import Config
 from embedding.errors import EmbeddingError
+from embedding.fetch.sources import fetch
+from embedding.media.text import TextLimits, validate_text
 from embedding.service.body import BodyLimits, read_body
 from embedding.service.calls import EncoderCalls, own_handles, send
 from embedding.service.search_request import SearchRequest, parse_search
@@ -46,8 +48,6 @@ from embedding.service.wire import (
     unwrap,
     vector_response,
 )
-from embedding.sources import fetch
-from embedding.text import TextLimits, validate_text
 
 log = logging.getLogger(__name__)
 

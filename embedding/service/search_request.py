@@ -23,8 +23,8 @@ from typing import Any
 
 from embedding.config import Config
 from embedding.errors import EmbeddingError
+from embedding.fetch.sources import check_size
 from embedding.service.wire import INVALID_ARGUMENT, from_embedding_error, invalid, model_version
-from embedding.sources import check_size
 
 QUERY_KINDS = {"text": "text", "url": "url", "image": "image", "vector": "vector", "imageId": "image_id"}
 OPTIONS = {"top", "skip", "filters", "relevanceWeight", "modelVersion", "frameIndex"}

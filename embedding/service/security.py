@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Literal
 
 from embedding.config import Config, ServiceConfig
-from embedding.sources import INLINE, SourceSettings
+from embedding.fetch.uripolicy import INLINE, SourceSettings
 
 KEYS_ENV = "EMBEDDING_API_KEYS"
 # A URL in a request is fetched over HTTP(S) only: an s3:// or gs:// URL would be read with the service's own

@@ -22,15 +22,16 @@ import pyarrow.compute as pc
 from fsspec.core import url_to_fs
 from PIL import Image, ImageDraw, ImageOps
 
-from embedding.cache import cache_dir
 from embedding.config import Config
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.images import ImageLimits, Preprocess, open_image, to_rgb
-from embedding.manifest import IMAGE_ID, find_files, open_parquet
-from embedding.media import MediaSettings, fetch_media, video_still
+from embedding.fetch.sources import check_size, fetch
+from embedding.media.imagecheck import ImageLimits, open_image
+from embedding.media.load import MediaSettings, fetch_media, video_still
+from embedding.media.resize import Preprocess, to_rgb
+from embedding.media.video import VideoSettings
 from embedding.service.security import source_settings
-from embedding.sources import check_size, fetch
-from embedding.video import VideoSettings
+from embedding.store.cache import cache_dir
+from embedding.store.manifest import IMAGE_ID, find_files, open_parquet
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from embedding.config_file import load_config
-from embedding.job import run
+from embedding.job.run import run
 
 
 def main(config_path: str, result_path: str) -> None:

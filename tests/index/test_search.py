@@ -13,7 +13,7 @@ import pytest
 from embedding.api import search, vectorize_image, vectorize_text
 from embedding.config_file import load_config
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.job import run
+from embedding.job.run import run
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,8 @@ import sys
 import open_clip
 import pytest
 
-from embedding.models import BUILTIN_VERSIONS, preprocess_for
-from embedding.models.catalog import model_config
-from embedding.models.registry import register_architectures
+from embedding.models.catalog import model_config, preprocess_for
+from embedding.models.registry import BUILTIN_VERSIONS, register_architectures
 
 ARCHITECTURES = [
     "ViT-H-14",
@@ -49,8 +48,8 @@ def test_the_driver_checks_a_run_without_importing_torch_or_ray() -> None:
     code = (
         "import sys\n"
         "from embedding.config import Config\n"
-        "from embedding.identity import check_width, identity_for\n"
-        "from embedding.prepared import prepare\n"
+        "from embedding.models.identity import check_width, identity_for\n"
+        "from embedding.job.checks import prepare\n"
         "from embedding.models import check_available\n"
         "cfg = Config()\n"
         "check_width('demo', check_available('demo', cfg.model))\n"

@@ -11,8 +11,14 @@ import torch
 
 from embedding.config import ModelConfig, ModelVersionSpec
 from embedding.errors import ConfigError
-from embedding.models import BUILTIN_VERSIONS, WeightsUnavailable, all_versions, check_available, load_model
-from embedding.models.registry import DEMO_WEIGHTS
+from embedding.models.loading import load_model
+from embedding.models.registry import (
+    BUILTIN_VERSIONS,
+    DEMO_WEIGHTS,
+    WeightsUnavailable,
+    all_versions,
+    check_available,
+)
 
 
 def test_built_in_versions_of_the_design() -> None:

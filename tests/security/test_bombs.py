@@ -20,7 +20,9 @@ from PIL import Image
 
 from embedding.config import DEFAULT_IMAGE_FORMATS
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.images import ImageLimits, Preprocess, decode
+from embedding.media.image import decode
+from embedding.media.imagecheck import ImageLimits
+from embedding.media.resize import Preprocess
 from tests.security import bombs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +34,7 @@ import io, json, resource, sys
 from pathlib import Path
 from PIL import Image
 from embedding.errors import EmbeddingError
-from embedding.images import ImageLimits, Preprocess, decode
+from embedding.media.image import ImageLimits, Preprocess, decode
 
 folder, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
 files = {name: (folder / name).read_bytes() for name, _ in cases}

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from embedding import deadline, sources
 from embedding.config import FetchConfig
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.sources import SourceSettings, fetch
+from embedding.fetch import deadline, sources
+from embedding.fetch.sources import fetch
+from embedding.fetch.uripolicy import SourceSettings
 from tests.support.http_server import ImageServer
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -167,10 +168,11 @@ def test_the_pipelines_decode_loop_with_a_stuck_read_returns(stuck_reads: list[s
     """The job's own decode step (its fetch pool) over 24 rows, one of which never
     returns: the step returns within the bound, the stuck row is a Timeout, every other row decoded.
     The hang of the issue lived here: leaving the pools waited for the abandoned read."""
-    from embedding.decoding import decode_rows
-    from embedding.images import ImageLimits, Preprocess
-    from embedding.media import MediaSettings
-    from embedding.video import VideoSettings
+    from embedding.media.imagecheck import ImageLimits
+    from embedding.media.load import MediaSettings
+    from embedding.media.resize import Preprocess
+    from embedding.media.video import VideoSettings
+    from embedding.stages.decode import decode_rows
     from tests import images_factory as f
     from tests.support.rows import stream_rows
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedding.job import run
+from embedding.job.run import run
 from tests import images_factory as f
 from tests.support.http_server import ImageServer
 

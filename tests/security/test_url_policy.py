@@ -13,10 +13,12 @@ from typing import ClassVar
 
 import pytest
 
-from embedding import httpget, netpolicy
 from embedding.config import Config, FetchConfig
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.sources import SourceSettings, check_inline, fetch, resolve_uri
+from embedding.fetch import http as httpget
+from embedding.fetch import netpolicy
+from embedding.fetch.sources import fetch
+from embedding.fetch.uripolicy import SourceSettings, check_inline, resolve_uri
 from tests import images_factory as f
 from tests.support.http_server import ImageServer
 

@@ -34,7 +34,7 @@ import yaml
 from PIL import Image
 
 from embedding.config import Config
-from embedding.job import run
+from embedding.job.run import run
 from embedding.service.app import start, stop
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from embedding.config import Config
-from embedding.service.encoders import batch_options, replica_config
+from embedding.service.calls import batch_options
+from embedding.service.encoders import replica_config
 from tests.service.conftest import Served, assert_burst_overflows, cosine, running
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from embedding.models import BUILTIN_VERSIONS
+from embedding.models.registry import BUILTIN_VERSIONS
 from tests.service.conftest import GONE_ID, INLINE_ID, Command, Served, serving_command
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import pytest
 
 from embedding.config import Config
 from embedding.errors import EmbeddingError, ErrorCode
+from embedding.fetch.uripolicy import check_scheme
 from embedding.service.security import api_key_digests, authorized, request_key, source_settings
-from embedding.sources import check_scheme
 
 
 def test_keys_from_the_config_and_the_environment() -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from embedding.config import Config
 from embedding.errors import EmbeddingError, ErrorCode
-from embedding.images import ImageLimits
+from embedding.media.imagecheck import ImageLimits
 from embedding.service.thumbnails import Thumbnails, cache_folder, inline_image, make_thumbnail
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from embedding import api
 from embedding.demo.captions import query
 from embedding.index.search import Index
-from embedding.job import run
+from embedding.job.run import run
 from embedding.service.live_index import find_row, stored_vector
 from embedding.service.thumbnails import Thumbnails
 from embedding.service.wire import camel_hit

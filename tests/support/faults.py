@@ -4,12 +4,12 @@ from __future__ import annotations
 
 
 class Crash(Exception):
-    """Stands for the process dying at a fault point of embedding.faults."""
+    """Stands for the process dying at a fault point of embedding.store.faults."""
 
 
 def arm(monkeypatch, name: str, nth: int = 1) -> None:
-    """Raise Crash the nth time `embedding.faults.point(name)` is reached (any other name: never)."""
-    from embedding import faults
+    """Raise Crash the nth time `embedding.store.faults.point(name)` is reached (any other name: never)."""
+    from embedding.store import faults
 
     seen = {"n": 0}
 

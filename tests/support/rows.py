@@ -1,4 +1,4 @@
-"""Stream rows as the read stage makes them (embedding.rows), for tests of the decode step."""
+"""Stream rows as the read stage makes them (embedding.stages.rows), for tests of the decode step."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def job_env() -> dict[str, str]:
 
 def start_run(config: Path, log: Path, faults: str = "", *args: str) -> subprocess.Popen:
     """`embedding run CONFIG` in its own process group (so its local Ray can be cleaned up with it);
-    `faults` arms fault points (embedding.faults), e.g. "commit.marker:2"."""
+    `faults` arms fault points (embedding.store.faults), e.g. "commit.marker:2"."""
     env = job_env()
     if faults:
         env["EMBEDDING_FAULTS"] = faults
@@ -120,7 +120,7 @@ def outputs(
     root: Path | str, version: str = "demo", storage_options: dict | None = None
 ) -> tuple[dict[str, np.ndarray], dict[tuple[str, int], str]]:
     """(image_id -> vector, (source_file, row_index) -> error code) of a finished output root."""
-    from embedding.storage import filesystem
+    from embedding.store.files import filesystem
 
     fs, base = filesystem(str(root), storage_options or {})  # fresh listings: files were replaced
     emb = pq.read_table(f"{base}/embeddings/model_version={version}", filesystem=fs).to_pandas()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from embedding.encoder import ImageEncodeStage
+from embedding.stages.encode import ImageEncodeStage
 
 POISON_ID = "poison"
 
