@@ -93,7 +93,7 @@ READ = textwrap.dedent(
         from embedding.stages.read import ReadSettings, unit_rows
         plan = make_plan("image", files, units, part, {}, False, {})
         planned = counted["bytes"]
-        settings = ReadSettings("image", [], True, False, {}, root, {}, "demo", False)
+        settings = ReadSettings([], True, False, {}, part, False)
         rows = sum(t.num_rows for task in plan.reads for _, t in unit_rows(task, settings, plan.fates))
     else:
         from embedding.job.plan import make_plan

@@ -13,15 +13,13 @@ from embedding.errors import ConfigError
 from embedding.fetch.uripolicy import SourceSettings
 from embedding.job.plan import Plan
 from embedding.job.summary import package_versions
-from embedding.media.imagecheck import ImageLimits
-from embedding.media.load import MediaSettings
 from embedding.media.resize import Preprocess
 from embedding.media.text import TextLimits
-from embedding.media.video import VideoSettings
 from embedding.models.catalog import preprocess_for
 from embedding.models.identity import check_width, identity_for
 from embedding.models.registry import check_available
-from embedding.stages.chain import StageSettings, load_stage_class
+from embedding.stages.chain import EncoderSettings, StageSettings, load_stage_class
+from embedding.stages.decode import media_settings
 from embedding.stages.read import ReadSettings
 from embedding.stages.write import WriteSettings
 from embedding.store.manifest import Listing, ManifestFile, detect_kind, find_files
@@ -119,36 +117,28 @@ def _metadata(job: Prepared, run_id: str) -> dict[str, str]:
 def stage_settings(
     job: Prepared, run_id: str, partition: Partition, plan: Plan, gpus: float
 ) -> StageSettings:
+    """Each stage's settings for this run: from its own config sections and what the checks found."""
     cfg = job.cfg
     names = set().union(*(f.schema.names for f in job.files))
-    # The policy of what rows may name; the read stage narrows it for manifests that are not local files.
-    source = SourceSettings.from_config(cfg)
     read = ReadSettings(
-        kind=job.kind,
         carried=[f.name for f in job.carried],
         has_uri="uri" in names,
         has_inline="image" in names,
         storage_options=cfg.input.storage_options,
-        output_root=partition.root,
-        output_options=partition.storage_options,
-        version=cfg.model.version,
+        partition=partition,
         retry_errors=cfg.run.retry_errors,
-        source=source,
+        # The policy of what rows may name; the read stage narrows it for manifests not on local disk.
+        source=SourceSettings.from_config(cfg),
     )
-    limits = cfg.limits
     schemas = OutputSchemas(
         job.kind, job.spec.dim, cfg.output.embedding_dtype, job.carried, _metadata(job, run_id)
     )
-    write = WriteSettings(
-        schemas, partition.root, partition.storage_options, cfg.model.version, cfg.output.compression
-    )
+    limits = cfg.limits
     return StageSettings(
-        kind=job.kind,
-        version=cfg.model.version,
         read=read,
-        decode=MediaSettings(source, job.prep, ImageLimits.from_config(cfg), VideoSettings.from_config(cfg)),
-        text_limits=TextLimits(limits.min_text_words, limits.max_text_words),
-        write=write,
-        num_gpus_per_actor=gpus,
+        decode=media_settings(cfg, job.prep) if job.kind == "image" else None,
+        text_limits=TextLimits(limits.min_text_words, limits.max_text_words) if job.kind == "text" else None,
+        write=WriteSettings(schemas, partition, cfg.output.compression),
+        encoder=EncoderSettings.from_config(cfg, job.kind, gpus),
         units_per_call=max(1, cfg.inference.batch_size // max(u.stop - u.start for u in plan.todo.values())),
     )

@@ -26,8 +26,9 @@ from embedding.config import Config
 from embedding.job.commit import Committer
 from embedding.job.plan import Plan
 from embedding.job.progress import Progress
-from embedding.stages.chain import EncodeActor, StageSettings, stage_functions
+from embedding.stages.chain import EncodeActor, StageSettings
 from embedding.stages.contract import ReadTask, UnitResult, UnitTask
+from embedding.stages.decode import stage_for
 from embedding.stages.read import ReadSettings, read_units
 from embedding.stages.write import WriteSettings, finalize_unit, write_units
 
@@ -51,7 +52,7 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
 
     inference, prep = cfg.inference, cfg.preprocess
     cpus = _cluster_cpus()
-    prepare, kwargs, stage = stage_functions(cfg, settings)
+    prepare, kwargs = stage_for(settings.decode, settings.text_limits)
     # One block per read task, each a typed row (embedding.stages.contract.TASKS).
     ds = ray.data.from_arrow([ReadTask.table([t]) for t in tasks] or [ReadTask.table([])])
     read_kwargs = {"settings": settings.read, "buckets": buckets}
@@ -102,7 +103,7 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(
             EncodeActor,
-            fn_constructor_kwargs={"path": stage, "settings": settings, "cfg": cfg},
+            fn_constructor_kwargs={"settings": settings.encoder},
             # Whole units per call: as many as fill a model batch (the encoder cuts its rows into batches of
             # inference.batch_size), one when isolating.
             batch_size=1 if isolate else settings.units_per_call,
@@ -114,7 +115,7 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
                 # batch alone, not the batches queued behind it.
                 max_tasks_in_flight_per_actor=1 if isolate else None,
             ),
-            num_gpus=settings.num_gpus_per_actor,
+            num_gpus=settings.encoder.num_gpus,
             num_cpus=inference.num_cpus_per_actor,
             # Restart crashed actors always (a lost node, a poison row), but retry their batch a bounded
             # number of times: Ray Data's default retries it forever, and a poison row would never end.

@@ -31,8 +31,9 @@ from embedding.config import Config
 from embedding.job.commit import Committer
 from embedding.job.plan import Plan
 from embedding.job.progress import Progress
-from embedding.stages.chain import StageSettings, make_stage, stage_functions
+from embedding.stages.chain import StageSettings
 from embedding.stages.contract import ReadTask
+from embedding.stages.decode import stage_for
 from embedding.stages.read import read_units
 from embedding.stages.write import write_units
 from embedding.store import faults
@@ -84,7 +85,7 @@ def run_standalone(plan: Plan, cfg: Config, settings: StageSettings, committer: 
     Raises Stopped when a stage fails (a model that cannot load is the config's error, raised as it is).
     Returns rows per round, as embedding.job.ray_executor.run_stream does.
     """
-    prepare, kwargs, stage_path = stage_functions(cfg, settings)
+    prepare, kwargs = stage_for(settings.decode, settings.text_limits)
     report = {"first": sum(u.expected for u in plan.todo.values()), "isolated": 0, "crashed": 0}
     workers = min(decode_workers(cfg), len(plan.todo))  # never more workers than units
     progress = Progress(committer)
@@ -111,7 +112,7 @@ def run_standalone(plan: Plan, cfg: Config, settings: StageSettings, committer: 
             # it waits for a thread, then burns the time they need (2,000 photos, 2 cores: 20% faster).
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
-            encoder = make_stage(stage_path, settings, cfg)
+            encoder = settings.encoder.make()
         except BaseException:
             _cancel(pending)  # the model's error now, not after the units queued for decoding
             raise

@@ -11,15 +11,21 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from embedding.config import Config
 from embedding.errors import EmbeddingError, ErrorCode
+from embedding.fetch.uripolicy import SourceSettings
 from embedding.media.image import DecodedImage, decode_alone
+from embedding.media.imagecheck import ImageLimits
 from embedding.media.load import Fetched, MediaSettings, decode_row, fetch_media
+from embedding.media.resize import Preprocess
 from embedding.media.text import TextLimits, validate_text
-from embedding.media.video import VideoFrames
+from embedding.media.video import VideoFrames, VideoSettings
 from embedding.stages.rows import (
     append_columns,
     fail_rows,
@@ -31,6 +37,21 @@ from embedding.stages.rows import (
 )
 
 FETCH_AHEAD = 2  # files fetched ahead of decoding, per fetch thread
+
+
+def media_settings(cfg: Config, prep: Preprocess) -> MediaSettings:
+    """The decode stage's settings, from its config sections (input's source policy, fetch, limits, images,
+    video) and the model version's preprocessing."""
+    return MediaSettings(
+        SourceSettings.from_config(cfg), prep, ImageLimits.from_config(cfg), VideoSettings.from_config(cfg)
+    )
+
+
+def stage_for(media: MediaSettings | None, limits: TextLimits | None) -> tuple[Callable, dict[str, Any]]:
+    """The decode function of a run (images) or the text check (texts), with its keyword arguments."""
+    if media is not None:
+        return decode_images, {"settings": media}
+    return check_texts, {"limits": limits}
 
 
 def decode_images(batch: pa.Table, settings: MediaSettings) -> pa.Table:

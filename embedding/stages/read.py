@@ -29,16 +29,17 @@ from embedding.store.partition import Partition
 
 @dataclass(frozen=True)
 class ReadSettings:
-    kind: str
     carried: list[str]
     has_uri: bool
     has_inline: bool
-    storage_options: dict[str, dict]
-    output_root: str  # the partition, for the kept rows of units whose errors are retried
-    output_options: dict
-    version: str
+    storage_options: dict[str, dict]  # the manifest's (input.storage_options)
+    partition: Partition  # the output, for the kept rows of units whose errors are retried
     retry_errors: bool
     source: SourceSettings | None = None  # images: what a manifest may name (None: the default policy)
+
+    @property
+    def kind(self) -> str:
+        return self.partition.kind
 
 
 def _columns(settings: ReadSettings) -> tuple[str, list[str]]:
@@ -91,7 +92,7 @@ def unit_rows(
 
 def _retry_rows(unit: UnitTask, settings: ReadSettings) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (sorted) and earlier attempts of a committed unit's errors that are retried."""
-    partition = Partition(settings.output_root, settings.kind, settings.version, settings.output_options)
+    partition = settings.partition
     errors = partition.read(partition.errors_table, ["row_index", "error_code", "attempts"], [unit.unit_id])
     codes = errors.column("error_code").to_pylist()
     keep = pa.array([retryable(c, settings.retry_errors) for c in codes], pa.bool_())

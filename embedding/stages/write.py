@@ -30,13 +30,8 @@ from embedding.store.schemas import OutputSchemas, conform, model_version_column
 @dataclass(frozen=True)
 class WriteSettings:
     schemas: OutputSchemas
-    root: str
-    storage_options: dict
-    version: str
+    partition: Partition
     compression: str
-
-    def partition(self) -> Partition:
-        return Partition(self.root, self.schemas.kind, self.version, self.storage_options)
 
 
 def _collapse_videos(rows: pa.Table) -> pa.Table:
@@ -62,7 +57,7 @@ def _collapse_videos(rows: pa.Table) -> pa.Table:
 def assemble(rows: pa.Table, settings: WriteSettings) -> dict[str, pa.Table]:
     """A whole unit's stream rows -> its tables (table name -> rows), with adopted rows and, for a unit
     whose errors are retried, its kept rows. Frames are written only when the unit has some."""
-    schemas, partition = settings.schemas, settings.partition()
+    schemas, partition = settings.schemas, settings.partition
     rows = rows.rename_columns([schemas.id_column if n == "id" else n for n in rows.column_names])
     if "uri" in rows.column_names:  # credentials in a URI never reach the outputs
         uris = [strip_userinfo(u) if u else u for u in rows.column("uri").to_pylist()]
@@ -70,7 +65,9 @@ def assemble(rows: pa.Table, settings: WriteSettings) -> dict[str, pa.Table]:
     failed = pc.is_valid(rows.column("error_code"))
     adopted = pc.and_(pc.invert(failed), pc.is_valid(rows.column("adopt_from")))
     good = rows.filter(pc.invert(pc.or_(failed, adopted)))
-    good = good.append_column("model_version", model_version_column(good.num_rows, settings.version))
+    good = good.append_column(
+        "model_version", model_version_column(good.num_rows, settings.partition.version)
+    )
     framed = pc.is_valid(good.column("frame_index")) if "frame_index" in good.column_names else None
     images = good.filter(pc.invert(framed)) if framed is not None else good
     out: dict[str, list[pa.Table]] = {
@@ -180,7 +177,7 @@ def _rows_span(rows: pa.Table) -> dict[str, Any]:
 def _stage_whole(rows: pa.Table, settings: WriteSettings, started: float, **measured: Any) -> UnitResult:
     """Stage a whole unit's tables; its result, with `measured` (counts and timings) of this run."""
     tables = assemble(rows, settings)
-    partition = settings.partition()
+    partition = settings.partition
     attempt = "whole-" + secrets.token_hex(6)
     partition.write_staged(rows.column("unit_id")[0].as_py(), attempt, tables, settings.compression)
     errors = tables[partition.errors_table]
@@ -224,7 +221,7 @@ def write_units(batch: pa.Table, settings: WriteSettings) -> pa.Table:
             continue
         attempt = f"piece-{span['first_row']}-{secrets.token_hex(6)}"
         keep = [c for c in rows.column_names if c not in ("pixels", "image")]
-        settings.partition().write_staged(
+        settings.partition.write_staged(
             span["unit_id"], attempt, {"rows": rows.select(keep)}, settings.compression
         )
         out.append(
@@ -241,7 +238,7 @@ def finalize_unit(
     """Merge a unit's staged pieces (and its rows that crashed every worker) into a whole staged unit; its
     result counts only the crashed rows (the pieces' were counted as they arrived)."""
     started = time.time()
-    partition = settings.partition()
+    partition = settings.partition
     parts = [
         pq.read_table(f"{partition.staging_dir(unit_id)}/{attempt}/rows.parquet", filesystem=partition.fs)
         for attempt in pieces

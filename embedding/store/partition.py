@@ -65,6 +65,10 @@ class Partition:
         self.fs, self.base = filesystem(self.root, self.storage_options)  # base: the root, no protocol
         self.embeddings_table, self.errors_table = TABLES[self.kind]
 
+    def __reduce__(self) -> tuple:
+        # Travels to workers as its four fields; each process opens its own filesystem.
+        return (Partition, (self.root, self.kind, self.version, self.storage_options))
+
     @property
     def tables(self) -> tuple[str, str]:
         """The two tables every unit has."""

@@ -44,7 +44,7 @@ def fates(
     plan: Plan, root: Path, retry_errors: bool = False
 ) -> dict[tuple[str, int], tuple[str | None, str | None, str | None]]:
     """(file name, row) -> (error code, message, adopted from) of every row the plan reads."""
-    settings = ReadSettings("image", [], True, False, {}, str(root), {}, "v1", retry_errors)
+    settings = ReadSettings([], True, False, {}, Partition(str(root), "image", "v1"), retry_errors)
     out = {}
     for task in plan.reads:
         for _, rows in unit_rows(task, settings, plan.fates):
@@ -58,7 +58,7 @@ def commit_as_done(part: Partition, plan: Plan, errors: dict[str, str] | None = 
     """Commit every planned unit as the job would: each processed row embedded, or failed with a code."""
     errors = errors or {}
     for task in plan.reads:
-        settings = ReadSettings("image", [], True, False, {}, part.root, {}, "v1", False)
+        settings = ReadSettings([], True, False, {}, part, False)
         for unit, rows in unit_rows(task, settings, plan.fates):
             table = rows.to_pylist()
             preset = [r for r in table if r["error_code"]]

@@ -33,14 +33,14 @@ def setup(
     part = Partition(str(tmp_path / "out"), "image", "v1")
     plan = make_plan("image", files, plan_units(files, 4), part, part.markers(), retry_errors, {})
     schemas = OutputSchemas("image", DIM, "float32", [], file_metadata({"model_version": "v1"}))
-    return plan, part, WriteSettings(schemas, part.root, {}, "v1", "zstd")
+    return plan, part, WriteSettings(schemas, part, "zstd")
 
 
 def encoded(
     plan: Plan, part: Partition, fail: set[str] = frozenset(), retry_errors: bool = False
 ) -> list[pa.Table]:
     """Each planned unit's stream rows as the encoder would hand them on: vectors, or an error row."""
-    settings = ReadSettings("image", [], True, False, {}, part.root, {}, "v1", retry_errors)
+    settings = ReadSettings([], True, False, {}, part, retry_errors)
     out = []
     for task in plan.reads:
         for _, rows in unit_rows(task, settings, plan.fates):
