@@ -40,9 +40,8 @@ import pyarrow as pa
 from embedding.config_file import load_config
 from embedding.index.build import build_index
 from embedding.index.search import Index
-from embedding.stages.rows import embedding_type
 from embedding.store.partition import Partition
-from embedding.store.schemas import OutputSchemas, file_metadata
+from embedding.store.schemas import OutputSchemas, embedding_type, file_metadata
 
 DIM, K, VERSION = 1024, 10, "demo"
 

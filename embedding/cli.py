@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from embedding.errors import ConfigError, EmbeddingError
 
@@ -17,7 +18,7 @@ def _models(args: argparse.Namespace) -> int:
 
     register_architectures()
     cfg = load_config(args.config, args.set or []) if args.config else None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, spec in all_versions(cfg.model if cfg else None).items():
         location = locate_weights(name, spec)
         rows.append(

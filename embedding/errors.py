@@ -1,4 +1,4 @@
-"""The closed set of error codes of DESIGN.md, and the typed exceptions that carry them.
+"""The closed set of error codes (docs/architecture.md, README.md), and the typed exceptions that carry them.
 
 Row-level problems never escape as exceptions from the job: each becomes an error row with one of these codes.
 The single-item API (`vectorize_image`, `vectorize_text`) raises them as `EmbeddingError`s instead.

@@ -1,8 +1,10 @@
-"""Shared fixtures: sample data made on the fly, and one local Ray for the whole session."""
+"""Shared fixtures: sample data made on the fly, and one local Ray for the whole session; the markers that
+select the fast lane (`python -m pytest -q -m "not slow"`, CONTRIBUTING.md)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,29 @@ from embedding.demo.sample import write_sample
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests talk to their own local Ray only
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow` is every test that starts Ray (the shared local Ray, a cluster, a Serve application) or a job in
+    a subprocess: those marked integration or cluster, and every test that uses the session's Ray."""
+    for item in items:
+        uses_ray = "ray_local" in getattr(item, "fixturenames", ())
+        if uses_ray or item.get_closest_marker("integration") or item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_lane_guard(request: pytest.FixtureRequest):
+    """A test that starts Ray by itself must be marked slow, or the fast lane would pay for Ray."""
+    before = _ray_running()
+    yield
+    if not before and _ray_running() and not request.node.get_closest_marker("slow"):
+        pytest.fail(f"{request.node.nodeid} starts Ray: mark it slow (pytest.mark.slow)")
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,9 @@ import yaml
 
 from embedding.demo.sample import SAMPLE_SCHEMA
 
+# Each test runs `embedding` in a subprocess (a job's start, for `run`).
+pytestmark = pytest.mark.slow
+
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -1,4 +1,4 @@
-"""`embedding sample`: write synthetic images and their manifest (DESIGN.md's manifest schema)."""
+"""`embedding sample`: write synthetic images and their manifest (the manifest schema of README.md)."""
 
 from __future__ import annotations
 

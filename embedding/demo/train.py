@@ -106,6 +106,7 @@ def soften(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     kernels = kernels / kernels.sum(dim=1, keepdim=True)  # (n, 5)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
     rows = sum(kernels[:, i].view(n, 1, 1, 1) * padded[:, :, :, i : i + x.shape[3]] for i in range(5))
+    assert isinstance(rows, torch.Tensor)  # a sum of five tensors
     blurred = sum(kernels[:, i].view(n, 1, 1, 1) * rows[:, :, i : i + x.shape[2], :] for i in range(5))
     pick = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1)
     noise = torch.randn(x.shape, generator=generator) * (2 / 255)
@@ -145,7 +146,8 @@ def to_input(pixels: np.ndarray, prep: Preprocess, augment: torch.Generator | No
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on gains, biases, norms and the logit scale (as open_clip), nor on embedding tables."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         exempt = p.ndim < 2 or any(k in name for k in ("bn", "ln", "bias", "embedding", "logit_scale"))
         (no_decay if exempt else decay).append(p)

@@ -11,6 +11,7 @@ never appears in a message. Proxies from the environment are not used (they woul
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import re
 import socket
@@ -189,7 +190,7 @@ def get(
         factory = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
         conn = factory(host, port, endpoints, _remaining(deadline))
         if attempt is not None:
-            attempt.on_cancel(lambda conn=conn: _abort(conn))
+            attempt.on_cancel(functools.partial(_abort, conn))
         try:
             target = _target(parts)
             conn.request("GET", target, headers={**_headers(parts, first, policy), "Connection": "close"})

@@ -95,9 +95,9 @@ def checked_endpoints(host: str, port: int, allowed: Iterable[Network]) -> list[
     allowed = tuple(allowed)
     literal = _literal(host)
     if literal is not None:
-        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        family: int = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
         sockaddr = (str(literal), port) if literal.version == 4 else (str(literal), port, 0, 0)
-        found = [(family, sockaddr)]
+        found: list[tuple[int, tuple]] = [(family, sockaddr)]
     else:
         try:
             found = resolve(host, port)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -103,7 +104,7 @@ def _indexed_rows(table: pa.Table) -> pa.Table:
 
 
 def fill_shard(
-    trained: bytes,
+    trained: npt.NDArray[np.uint8],
     files: list[str],
     number: int,
     root: str,

@@ -84,18 +84,28 @@ def search_parameters(
 ) -> faiss.SearchParameters | None:
     """FAISS search parameters for any kind, passed through a pre-transform (OPQ) to the inner index."""
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    params: faiss.SearchParameters
     if isinstance(inner, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        ivf = faiss.SearchParametersIVF()  # what the keyword constructor does: construct, then set
+        ivf.nprobe = nprobe
+        params = ivf
     elif isinstance(inner, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW(efSearch=ef_search)
+        # faiss's stubs omit SearchParametersHNSW (and the keyword constructor of every SearchParameters).
+        params = faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
     else:
         params = faiss.SearchParameters()
     if selector is not None:
         params.sel = selector
-        params.referenced_objects = [selector]  # SWIG keeps no reference of its own
+        _keep_alive(params, selector)
     if inner is not index:
         outer = faiss.SearchParametersPreTransform()
         outer.index_params = params
-        outer.referenced_objects = [params]
+        _keep_alive(outer, params)
         return outer
     return params
+
+
+def _keep_alive(params: faiss.SearchParameters, referenced: object) -> None:
+    """Hold `referenced` as long as `params` (SWIG keeps no reference of its own)."""
+    # faiss's Python wrapper admits this attribute on every SearchParameters; its stubs omit it.
+    params.referenced_objects = [referenced]  # type: ignore[attr-defined]

@@ -74,6 +74,7 @@ def _no_prefetch_threads(index: faiss.Index) -> None:
     # the lists it will scan; for one query that costs far more than the page faults it saves.
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
     if isinstance(inner, faiss.IndexIVF):
+        assert inner.invlists is not None  # an IVF index read from a file holds its inverted lists
         lists = faiss.downcast_InvertedLists(inner.invlists)
         if isinstance(lists, faiss.OnDiskInvertedLists):
             lists.prefetch_nthread = 0

@@ -82,13 +82,14 @@ def prepare(cfg: Config, listing: Listing | None = None) -> Prepared:
     files = find_files(cfg.input.manifest, cfg.input.storage_options, listing)
     kind = detect_kind(files, cfg.input.kind)
     prep = preprocess_for(spec)
+    red, green, blue = cfg.preprocess.alpha_background
     prep = Preprocess(
         size=prep.size,
         interpolation=prep.interpolation,
         resize_mode=prep.resize_mode,
         mean=prep.mean,
         std=prep.std,
-        alpha_background=tuple(cfg.preprocess.alpha_background),
+        alpha_background=(red, green, blue),
         draft_gap=cfg.preprocess.draft_gap,
     )
     if cfg.inference.stage_class:

@@ -59,7 +59,9 @@ def replace_with(target: Partition, shadow: Partition) -> None:
 
 def _finish(target: Partition, shadow: Partition) -> None:
     fs = target.fs
-    listed = read_json(fs, posixpath.join(shadow.base, SWAP))["files"]
+    swap = read_json(fs, posixpath.join(shadow.base, SWAP))
+    assert swap is not None, "the swap list is written before any file moves"
+    listed = swap["files"]
     for rel in listed:
         source, dest = posixpath.join(shadow.base, rel), posixpath.join(target.base, rel)
         if fs.exists(source):

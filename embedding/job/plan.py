@@ -93,7 +93,7 @@ def _read_tasks(files: list[ManifestFile], units: list[Unit], todo: dict[str, Un
     tasks: list[ReadTask] = []
     index = {f.uri: i for i, f in enumerate(files)}
     current: list[UnitTask] = []
-    current_file, last_group = None, -1
+    current_file, last_group = "", -1
     for unit in units:
         work = todo.get(unit.unit_id)
         if work is None:

@@ -54,7 +54,8 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
     cpus = _cluster_cpus()
     prepare, kwargs = stage_for(settings.decode, settings.text_limits)
     # One block per read task, each a typed row (embedding.stages.contract.TASKS).
-    ds = ray.data.from_arrow([ReadTask.table([t]) for t in tasks] or [ReadTask.table([])])
+    # Any: Ray's types for map_batches know no fn_kwargs, and from_arrow's result type narrows too far.
+    ds: Any = ray.data.from_arrow([ReadTask.table([t]) for t in tasks] or [ReadTask.table([])])
     read_kwargs = {"settings": settings.read, "buckets": buckets}
     if isolate:
         # A few rows, one at a time, each possibly a poison row. They reserve no CPU (an encoder restarted

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -125,10 +126,16 @@ class FrameSampler:
         self.stopped = False  # max_frames reached before the end of the stream
         self._plans: dict[tuple[int, int, float], Geometry] = {}
 
+    @property
+    def _time_base(self) -> Fraction:
+        time_base = self.stream.time_base
+        assert time_base is not None  # FFmpeg gives every demuxed stream one
+        return time_base
+
     def _time(self, pts: int) -> float:
         if self.start is None:
             self.start = pts
-        return float((pts - self.start) * self.stream.time_base)
+        return float((pts - self.start) * self._time_base)
 
     def _next_target(self, at: float) -> float:
         return (math.floor((at + EPS) / self.step) + 1) * self.step
@@ -163,7 +170,7 @@ class FrameSampler:
             return
         self.packet_pts.append(packet.pts)
         at = self._time(packet.pts)
-        self.extent = max(self.extent, at + float((packet.duration or 0) * self.stream.time_base))
+        self.extent = max(self.extent, at + float((packet.duration or 0) * self._time_base))
         if at > self.max_seconds:  # the headers did not say; the timestamps do
             raise self.too_long(at)
 
@@ -187,8 +194,10 @@ class FrameSampler:
             if self.chosen >= self.max_frames:
                 break
             if at >= self.target - EPS:
+                pts = gop[i].pts
+                assert pts is not None  # candidates (gop, or its first packet) all have one
                 kept.add(i)
-                self.keep.add(gop[i].pts)
+                self.keep.add(pts)
                 self.chosen += 1
                 self.target = self._next_target(at)
         last = max(kept, default=-1)

@@ -77,8 +77,13 @@ def frames_of(fetched: Fetched, settings: MediaSettings) -> VideoFrames:
     shown = strip_userinfo(fetched.uri) if fetched.uri else "the video"
     if fetched.data is not None:
         return sample_frames(io.BytesIO(fetched.data), settings.prep, settings.video, settings.limits, shown)
-    with open_stream(fetched.uri, settings) as stream:
+    with open_stream(_stream_uri(fetched), settings) as stream:
         return sample_frames(stream, settings.prep, settings.video, settings.limits, shown)
+
+
+def _stream_uri(fetched: Fetched) -> str:
+    assert fetched.uri is not None  # a row without its bytes is a video to stream from its uri
+    return fetched.uri
 
 
 def _is_video(uri: str, settings: MediaSettings) -> bool:
@@ -150,21 +155,18 @@ def decode_row(fetched: Fetched, settings: MediaSettings) -> DecodedImage | Vide
 
 def video_still(fetched: Fetched, settings: MediaSettings, time_s: float) -> Image.Image:
     """The picture of a video at a time (its first frame at or after it): the source of a thumbnail."""
-    import av
-
     from embedding.media.imagecheck import check_dimensions
-    from embedding.media.video import DEMUXERS
+    from embedding.media.video import open_video
 
     shown = strip_userinfo(fetched.uri) if fetched.uri else "the video"
     stream_of = contextlib.nullcontext(io.BytesIO(fetched.data)) if fetched.data is not None else None
-    with stream_of or open_stream(fetched.uri, settings) as source:
+    with stream_of or open_stream(_stream_uri(fetched), settings) as source:
         container_name = sniff_video(source.read(SNIFF_BYTES))
         source.seek(0)
         if container_name is None:
             raise EmbeddingError(ErrorCode.INVALID_VIDEO_FORMAT, f"{shown} is not a video")
         try:
-            probe = {"max_pixels": str(settings.limits.max_side**2)}
-            with av.open(source, format=DEMUXERS[container_name], stream_options=[probe]) as container:
+            with open_video(source, container_name, settings.limits.max_side) as container:
                 if not container.streams.video:
                     raise EmbeddingError(ErrorCode.INVALID_VIDEO_FORMAT, f"{shown} has no video stream")
                 stream = container.streams.video[0]

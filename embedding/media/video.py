@@ -134,7 +134,7 @@ class _GuardedSource(io.RawIOBase):
     def __init__(self, source: BinaryIO):
         super().__init__()
         self.source = source
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
@@ -175,6 +175,7 @@ def sample_frames(
     reads fail. `name` (a URI, say) goes into the messages.
     """
     guard = _GuardedSource(source)
+    error: EmbeddingError | None
     try:
         frames = _open_and_sample(guard, prep, settings, limits, name)
     except EmbeddingError as exc:
@@ -210,10 +211,20 @@ def _open_and_sample(
     guard.seek(0)
     if container_name is None:
         raise _invalid(f"{name} is not a recognised video container (MP4/MOV, MKV/WebM, AVI)")
-    # max_pixels bounds what FFmpeg decodes while probing the streams, before our own checks run.
-    probe = {"max_pixels": str(limits.max_side**2)}
-    with av.open(guard, format=DEMUXERS[container_name], stream_options=[probe]) as container:
+    with open_video(guard, container_name, limits.max_side) as container:
         return _sample(container, container_name, prep, settings, limits, name)
+
+
+def open_video(
+    source: BinaryIO | io.RawIOBase, container_name: str, max_side: int
+) -> av.container.InputContainer:
+    """A readable file object opened with the demuxer of its container (a name `sniff_video` gives)."""
+    # max_pixels bounds what FFmpeg decodes while probing the streams, before our own checks run.
+    probe = {"max_pixels": str(max_side**2)}
+    # PyAV takes one dict of options per stream; its stubs say list[str].
+    container = av.open(source, format=DEMUXERS[container_name], stream_options=[probe])  # type: ignore[list-item]
+    assert isinstance(container, av.container.InputContainer)  # a file without a write mode opens for input
+    return container
 
 
 def _read_head(source: io.RawIOBase) -> bytes:

@@ -54,14 +54,16 @@ def pretrained_tags(architecture: str) -> list[str]:
 
 def is_weights_file(weights: str | None) -> bool:
     """A version's `weights` names a file (not an open_clip pretrained tag)."""
-    return bool(weights) and (os.sep in weights or weights.endswith((".safetensors", ".bin", ".pt", ".pth")))
+    if not weights:
+        return False
+    return os.sep in weights or weights.endswith((".safetensors", ".bin", ".pt", ".pth"))
 
 
 def preprocess_for(spec: ModelVersionSpec, model: Any = None) -> Preprocess:
     """Preprocessing of a version: open_clip's settings for its tag or model, then the spec's overrides
     (`model`, when loaded, gives the image size of architectures that have no config file)."""
-    tagged = spec.weights and not is_weights_file(spec.weights)
-    base = pretrained_cfg(spec.architecture, spec.weights) if tagged else {}
+    tag = spec.weights if spec.weights and not is_weights_file(spec.weights) else None
+    base = pretrained_cfg(spec.architecture, tag) if tag else {}
     size = spec.image_size
     if size is None and model is not None:
         image_size = getattr(getattr(model, "visual", None), "image_size", None)

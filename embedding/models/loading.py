@@ -125,7 +125,8 @@ def _tokenizer(spec: ModelVersionSpec) -> Callable[[list[str]], torch.Tensor]:
 
 def _input_dtype(model: torch.nn.Module, default: torch.dtype) -> torch.dtype:
     """The dtype image tensors must have: that of the first convolution (mixed precision keeps norms fp32)."""
-    for module in model.visual.modules() if hasattr(model, "visual") else ():
+    visual = getattr(model, "visual", None)
+    for module in visual.modules() if isinstance(visual, torch.nn.Module) else ():
         if isinstance(module, torch.nn.Conv2d):
             return module.weight.dtype
     return default

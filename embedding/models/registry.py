@@ -1,4 +1,4 @@
-"""Model versions: the built-in ones of DESIGN.md, those a config adds, and where their weights are.
+"""Model versions: the built-in ones (README.md lists them), those a config adds, and where their weights are.
 
 Nothing here touches the network: availability is decided from local files and the Hugging Face cache,
 so a version whose weights are missing fails at once with a message that says what to download.

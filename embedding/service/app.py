@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from embedding.cluster import connect_ray
 from embedding.config import Config
@@ -104,6 +104,12 @@ def _encoder_options(cfg: Config, version: str) -> dict[str, Any]:
     return options
 
 
+def _deployment(decorated: object) -> Deployment:
+    """A class under @serve.deployment, as what it is at run time (mypy keeps a decorated class's type)."""
+    assert isinstance(decorated, Deployment)
+    return decorated
+
+
 def build_app(
     cfg: Config, key_digests: tuple[str, ...] | None = None, env: dict[str, str] | None = None
 ) -> Application:
@@ -122,9 +128,10 @@ def build_app(
     for v in versions:
         options = _encoder_options(cfg, v)
         options["ray_actor_options"].update(runtime)
-        encoders[v] = EncoderDeployment.options(**options).bind(cfg_json, v)
+        encoders[v] = _deployment(EncoderDeployment).options(**options).bind(cfg_json, v)
+    search = _deployment(SearchDeployment)
     searchers = {
-        v: SearchDeployment.options(
+        v: search.options(
             name=f"search-{v}",
             num_replicas=cfg.service.search_replicas,
             max_ongoing_requests=INGRESS_MAX_ONGOING,
@@ -132,7 +139,7 @@ def build_app(
         ).bind(cfg_json, v)
         for v in versions
     }
-    ingress = Ingress.options(
+    ingress = _deployment(Ingress).options(
         max_ongoing_requests=INGRESS_MAX_ONGOING,
         # The encoder's queue is the one that fills (its 429 carries the hosted envelope); this one only
         # guards the ingress itself, and Serve answers it with a bare 429 and Retry-After.

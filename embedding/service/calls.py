@@ -8,6 +8,7 @@ Requests that arrive together travel to a version's encoder as one call, formed 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray import serve
@@ -62,7 +63,11 @@ class EncoderCalls:
         self.waiting = {"texts": 0, "images": 0}
         # Batchers of this object (Serve's decorator would share one queue, and one setting, per class).
         batch = serve.batch(max_batch_size=size, batch_wait_timeout_s=wait, max_concurrent_batches=in_flight)
-        self._batchers = {"texts": batch(self._text_batch), "images": batch(self._image_batch)}
+        # Each takes (version, value): Serve batches every argument of a call into its own list.
+        self._batchers: dict[str, Callable[..., Awaitable[Any]]] = {
+            "texts": batch(self._text_batch),
+            "images": batch(self._image_batch),
+        }
 
     async def text(self, version: str, text: str) -> dict[str, Any]:
         """A validated text's unit vector: {"vector": float32 array, "json": its JSON text} (errors raised

@@ -68,8 +68,11 @@ def _count_error(error: ApiError) -> None:
     if _errors_metric is None:
         from ray.serve import metrics
 
+        # Serve's Counter says tag_keys: Tuple[str] (one key); it takes any number, as ray.util's does.
         _errors_metric = metrics.Counter(
-            "embedding_service_errors", "requests answered with an error", tag_keys=("status", "code")
+            "embedding_service_errors",
+            "requests answered with an error",
+            tag_keys=("status", "code"),  # type: ignore[arg-type]
         )
     code = error.inner[0] if error.inner else error.code
     _errors_metric.inc(tags={"status": str(error.status), "code": code})

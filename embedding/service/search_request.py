@@ -43,7 +43,7 @@ class SearchRequest:
     frame_index: int | None = None  # with image_id: one frame of a video
 
 
-def _integer(payload: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+def _integer(payload: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
     value = payload.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise invalid(INVALID_ARGUMENT, f"'{name}' must be an integer from {low} to {high}")

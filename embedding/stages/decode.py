@@ -78,6 +78,7 @@ def decode_rows(batch: pa.Table, settings: MediaSettings) -> pa.Table:
     def keep(i: int, fetched: Fetched, alone: bool) -> None:
         try:
             if alone:
+                assert fetched.data is not None, "a row that ran out of memory was held whole"
                 decoded[i] = decode_alone(fetched.data, settings.prep, settings.limits)
             else:
                 decoded[i] = decode_row(fetched, settings)
@@ -141,7 +142,13 @@ def _with_pixels(
     started: float,
 ) -> pa.Table:
     """The rows with their pixels; a video row repeated once per sampled frame (module docstring)."""
-    take, pixels, width, height, digest, index, times = [], [], [], [], [], [], []
+    take: list[int] = []
+    pixels: list[np.ndarray | None] = []
+    width: list[int | None] = []
+    height: list[int | None] = []
+    digest: list[str | None] = []
+    index: list[int | None] = []
+    times: list[float | None] = []
     for i in range(batch.num_rows):
         result = decoded.get(i)
         frames = result.frames if isinstance(result, VideoFrames) else [None]

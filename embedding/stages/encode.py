@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,8 @@ class Encoder:
         if threads:
             torch.set_num_threads(threads)
         self.loaded: LoadedModel = load_model(version, model_cfg, inference.device, inference.precision)
+        # open_clip's model: torch types the encode_image / encode_text attributes of a Module loosely.
+        self._model: Any = self.loaded.model
         self.version = version
         self.batch_size = inference.batch_size
         prep = self.loaded.preprocess
@@ -78,7 +81,7 @@ class Encoder:
             # uint8 crosses to the device (4x less traffic than float); normalisation happens there.
             x = chunk.to(self.loaded.device, non_blocking=True).permute(0, 3, 1, 2).float()
             x = ((x - self._mean) / self._std).to(self.loaded.dtype)
-            out.append(_normalise(self.loaded.model.encode_image(x)))
+            out.append(_normalise(self._model.encode_image(x)))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     @torch.inference_mode()
@@ -87,7 +90,7 @@ class Encoder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.loaded.tokenizer(list(texts[start : start + self.batch_size]))
-            out.append(_normalise(self.loaded.model.encode_text(tokens.to(self.loaded.device))))
+            out.append(_normalise(self._model.encode_text(tokens.to(self.loaded.device))))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
@@ -150,7 +153,9 @@ class _EncodeStage(ABC):
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Ray Data stage: packed units in (embedding.stages.rows.pack), the same units with vectors out."""
         units = unpack(batch)
-        rows = self.process(pa.concat_tables(units)) if units else None
+        if not units:
+            return pack([])
+        rows = self.process(pa.concat_tables(units))
         offsets = np.cumsum([0] + [u.num_rows for u in units])
         return pack([rows.slice(int(a), int(b - a)) for a, b in itertools.pairwise(offsets)])
 

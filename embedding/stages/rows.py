@@ -19,15 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding.errors import ErrorCode
+from embedding.store.schemas import embedding_type
 
 
 def pixels_type(size: tuple[int, int]) -> pa.DataType:
     return pa.binary(size[0] * size[1] * 3)
-
-
-def embedding_type(dim: int, dtype: str = "float32") -> pa.DataType:
-    value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.list_(pa.field("element", value, nullable=False), dim)
 
 
 def pending_rows(batch: pa.Table) -> list[int]:

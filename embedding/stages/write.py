@@ -209,7 +209,7 @@ def write_units(batch: pa.Table, settings: WriteSettings) -> pa.Table:
             continue
         started = time.time()
         rows = _collapse_videos(table).sort_by("row_index")
-        measured = {
+        measured: dict[str, Any] = {
             "counts": _counts(rows),
             "decode": _timing(rows, "decode"),
             "encode": _timing(rows, "encode"),

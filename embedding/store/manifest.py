@@ -252,6 +252,7 @@ def read_rows(
         offset += n
     if not groups:
         return parquet.schema_arrow.empty_table().select(columns)
+    assert first is not None  # set with the first group
     table = parquet.read_row_groups(groups, columns=columns)
     return table.slice(start - first, stop - start)
 

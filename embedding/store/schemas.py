@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedding.stages.rows import embedding_type
+
+def embedding_type(dim: int, dtype: str = "float32") -> pa.DataType:
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.list_(pa.field("element", value, nullable=False), dim)
 
 
 @dataclass(frozen=True)

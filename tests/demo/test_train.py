@@ -15,6 +15,9 @@ import pytest
 from embedding.demo import quality
 from embedding.models.registry import DEMO_ARCHITECTURE, register_architectures
 
+# The smoke run trains in a subprocess (jobs/train_demo_model.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

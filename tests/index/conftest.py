@@ -10,9 +10,8 @@ import pytest
 
 from embedding.config import Config
 from embedding.config_file import load_config
-from embedding.stages.rows import embedding_type
 from embedding.store.partition import Partition
-from embedding.store.schemas import OutputSchemas, file_metadata
+from embedding.store.schemas import OutputSchemas, embedding_type, file_metadata
 
 
 def clustered(n: int, dim: int, seed: int, clusters: int = 50) -> np.ndarray:

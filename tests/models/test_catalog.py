@@ -50,7 +50,7 @@ def test_the_driver_checks_a_run_without_importing_torch_or_ray() -> None:
         "from embedding.config import Config\n"
         "from embedding.models.identity import check_width, identity_for\n"
         "from embedding.job.checks import prepare\n"
-        "from embedding.models import check_available\n"
+        "from embedding.models.registry import check_available\n"
         "cfg = Config()\n"
         "check_width('demo', check_available('demo', cfg.model))\n"
         "identity_for(cfg)\n"

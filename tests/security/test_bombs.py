@@ -34,7 +34,9 @@ import io, json, resource, sys
 from pathlib import Path
 from PIL import Image
 from embedding.errors import EmbeddingError
-from embedding.media.image import ImageLimits, Preprocess, decode
+from embedding.media.image import decode
+from embedding.media.imagecheck import ImageLimits
+from embedding.media.resize import Preprocess
 
 folder, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
 files = {name: (folder / name).read_bytes() for name, _ in cases}

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 from embedding.job.commit import Committer
 from embedding.job.plan import Plan, make_plan
 from embedding.stages.read import ReadSettings, unit_rows
-from embedding.stages.rows import embedding_type, pack
+from embedding.stages.rows import pack
 from embedding.stages.write import WriteSettings, finalize_unit, write_units
 from embedding.store.manifest import find_files, plan_units
 from embedding.store.partition import Partition
-from embedding.store.schemas import OutputSchemas, file_metadata
+from embedding.store.schemas import OutputSchemas, embedding_type, file_metadata
 from tests.job.test_plan import manifest
 
 DIM = 4

@@ -133,7 +133,7 @@ def outputs(
 
 
 def assert_same_outputs(a: Path | str, b: Path | str, options_a: dict | None = None) -> None:
-    """DESIGN.md's "equal": the same ids in each table, the same codes, cosine >= 0.9999 per id."""
+    """Two runs are "equal": the same ids in each table, the same codes, cosine >= 0.9999 per id."""
     vectors_a, errors_a = outputs(a, storage_options=options_a)
     vectors_b, errors_b = outputs(b)
     assert set(vectors_a) == set(vectors_b)
