@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What an image must be to be decoded: each side strictly between the two bounds (the input limits), at most
+    """What an image must be to be decoded: each side strictly between the two bounds, at most
     `max_pixels` decoded, in one of `formats` (Pillow's names)."""
 
     min_side: int = 10
