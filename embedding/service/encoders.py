@@ -47,7 +47,7 @@ class EncoderDeployment:
         self.version = version
         self.encoder = encoder_for(cfg, version)
         self.prep = preprocess_for(self.encoder, cfg)
-        self.limits = ImageLimits(cfg.limits.min_image_side, cfg.limits.max_image_side)
+        self.limits = ImageLimits.from_config(cfg)
         # One model call at a time: calls arrive concurrently (a batch each), and tokenizers (Hugging Face's
         # fast ones) and device memory are not made for concurrent forward passes. Decoding runs outside it.
         self.model_lock = threading.Lock()

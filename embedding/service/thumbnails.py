@@ -107,7 +107,7 @@ class Thumbnails:
         self.size_px = cfg.service.thumbnail_px
         self.cap = cfg.service.thumbnail_cache_mb * 1024 * 1024
         self.folder = cache_folder(cfg)
-        self.limits = ImageLimits(cfg.limits.min_image_side, cfg.limits.max_image_side)
+        self.limits = ImageLimits.from_config(cfg)
         self.placeholder = placeholder(self.size_px)
         self._lock = threading.Lock()
         self._used: int | None = None  # bytes in the cache, counted on first use
