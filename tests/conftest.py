@@ -80,9 +80,10 @@ def make_config(tmp_path: Path, ray_local):
             "inference": {"device": "cpu", "batch_size": 32},
             "fetch": {"timeout_s": 5, "retries": 1, "backoff_s": 0.1},
             "index": {"enabled": False},
-            # The Ray Data plan, which most tests are about; tests/job/test_standalone.py runs the
-            # other executor (and the service's and search's fixtures run the default, auto).
-            "run": {"executor": "ray"},
+            # Without Ray unless Ray is the point: a test of the Ray Data plan (isolation, crashes, the
+            # whole job on Ray) says run={"executor": "ray"}. Both executors share the stages, the plan
+            # and the commit protocol; tests/job/test_standalone.py holds their outputs equal.
+            "run": {"executor": "standalone"},
         }
         for name, values in sections.items():
             tree.setdefault(name, {}).update(values)

@@ -22,6 +22,10 @@ from tests.support.runs import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
+# The commit protocol and resuming are the same on both executors; runs without Ray cost no actor start-up
+# (a killed Ray driver, with tasks of its own still running, is tests/job/test_video_job.py's).
+STANDALONE = {"executor": "standalone"}
+
 
 def commits(root: Path) -> dict[str, dict]:
     folder = root / "_state" / "image" / "model_version=demo" / "commits"
@@ -63,7 +67,7 @@ def run_to_end(config: Path, log: Path) -> dict:
     return json.loads(latest.read_text())
 
 
-def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path, ray_address: str) -> None:
+def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
     table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 192)
     table = table.set_column(
         1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
@@ -72,14 +76,13 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path, ray_addre
     pq.write_table(table, manifest)
     total = table.num_rows
     slow = {"concurrency": 1}  # one 16-row unit decoded at a time: slow enough to be killed in the middle
-    shared = {"address": ray_address}  # the session's Ray: no Ray start-up per run
     reference = write_config(
-        tmp_path / "ref.yaml", str(manifest), str(tmp_path / "ref"), preprocess=slow, ray=shared
+        tmp_path / "ref.yaml", str(manifest), str(tmp_path / "ref"), preprocess=slow, run=STANDALONE
     )
     run_to_end(reference, tmp_path / "ref.log")
 
     root = tmp_path / "out"
-    config = write_config(tmp_path / "run.yaml", str(manifest), str(root), preprocess=slow, ray=shared)
+    config = write_config(tmp_path / "run.yaml", str(manifest), str(root), preprocess=slow, run=STANDALONE)
     units = -(-total // 16)
     kill_points = {
         "first write": lambda: bool(staging(root)),  # while the first unit is being written
@@ -114,7 +117,7 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path, ray_addre
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
-    tmp_path: Path, sample_dir: Path, make_config, backend: str, ray_address: str
+    tmp_path: Path, sample_dir: Path, make_config, backend: str
 ) -> None:
     """Deterministic kills (fault points, not timers): each rerun ends equal to an uninterrupted run."""
     from embedding.job.run import run
@@ -138,7 +141,7 @@ def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
         sections = {
             "output": {"storage_options": options},
             "input": {"unit_rows": 16},
-            "ray": {"address": ray_address},  # the session's Ray: no Ray start-up per run
+            "run": STANDALONE,
         }
         config = write_config(tmp_path / "run.yaml", str(manifest), root, **sections)
         for step, faults in (("marker", "commit.marker:2"), ("moves", "commit.after_move:1")):

@@ -36,7 +36,11 @@ def test_only_the_poison_row_fails(
     tmp_path: Path, sample_dir: Path, make_config, stage: str, code: str
 ) -> None:
     manifest = poisoned_manifest(tmp_path, sample_dir)
-    cfg = make_config(str(manifest), inference={"stage_class": stage, "batch_size": 8, "max_task_retries": 1})
+    cfg = make_config(
+        str(manifest),
+        inference={"stage_class": stage, "batch_size": 8, "max_task_retries": 1},
+        run={"executor": "ray"},  # isolating the poison row is the Ray plan's
+    )
     summary = run(cfg)
     root = Path(cfg.output.root)
     emb = pq.read_table(root / "embeddings").to_pandas()

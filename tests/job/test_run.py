@@ -22,6 +22,8 @@ from tests import images_factory as f
 
 pytestmark = pytest.mark.integration
 
+ON_RAY = {"executor": "ray"}  # the whole job through the Ray Data plan
+
 GOOD_KINDS = ["cmyk.jpg", "grey16.png", "palette_alpha.png", "animated.gif", "exif_rotated.jpg", "photo.webp"]
 
 
@@ -77,7 +79,7 @@ def read_outputs(root: Path, table: str, version: str = "demo") -> pd.DataFrame:
 
 def test_nothing_lost_and_every_code_right(tmp_path: Path, sample_dir: Path, make_config) -> None:
     manifest, expected = bad_and_odd_manifest(tmp_path, sample_dir)
-    cfg = make_config(str(manifest))
+    cfg = make_config(str(manifest), run=ON_RAY)
     summary = run(cfg)
     root = Path(cfg.output.root)
     emb, err = read_outputs(root, "embeddings"), read_outputs(root, "errors")
@@ -104,7 +106,7 @@ def test_nothing_lost_and_every_code_right(tmp_path: Path, sample_dir: Path, mak
 
 
 def test_parity_with_open_clip(tmp_path: Path, sample_dir: Path, make_config) -> None:
-    cfg = make_config(str(sample_dir / "manifest.parquet"))
+    cfg = make_config(str(sample_dir / "manifest.parquet"), run=ON_RAY)
     run(cfg)
     emb = read_outputs(Path(cfg.output.root), "embeddings").set_index("image_id")
     loaded = load_model("demo", device="cpu")
@@ -124,7 +126,7 @@ def test_parity_with_open_clip(tmp_path: Path, sample_dir: Path, make_config) ->
 
 
 def test_semantics_through_the_whole_job(tmp_path: Path, sample_dir: Path, make_config) -> None:
-    cfg = make_config(str(sample_dir / "manifest.parquet"))
+    cfg = make_config(str(sample_dir / "manifest.parquet"), run=ON_RAY)
     run(cfg)
     texts = tmp_path / "queries.parquet"
     pq.write_table(
@@ -136,7 +138,7 @@ def test_semantics_through_the_whole_job(tmp_path: Path, sample_dir: Path, make_
         ),
         texts,
     )
-    text_cfg = make_config(str(texts))
+    text_cfg = make_config(str(texts), run=ON_RAY)
     summary = run(text_cfg)
     root = Path(cfg.output.root)
     assert summary["kind"] == "text" and summary["rows"]["failed_by_code"] == {ErrorCode.INVALID_TEXT: 2}
@@ -153,7 +155,7 @@ def test_semantics_through_the_whole_job(tmp_path: Path, sample_dir: Path, make_
 
 
 def test_output_schema_types_and_metadata(tmp_path: Path, sample_dir: Path, make_config) -> None:
-    cfg = make_config(str(sample_dir / "manifest.parquet"), output={"embedding_dtype": "float32"})
+    cfg = make_config(str(sample_dir / "manifest.parquet"), output={"embedding_dtype": "float32"}, run=ON_RAY)
     run(cfg)
     root = Path(cfg.output.root)
     part = sorted((root / "embeddings" / "model_version=demo").glob("part-*.parquet"))[0]

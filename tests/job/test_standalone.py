@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def test_standalone_writes_what_ray_writes(tmp_path: Path, sample_dir: Path, make_config) -> None:
     manifest, expected = bad_and_odd_manifest(tmp_path, sample_dir)
-    on_ray = make_config(str(manifest), output={"root": str(tmp_path / "ray")})
+    on_ray = make_config(str(manifest), output={"root": str(tmp_path / "ray")}, run={"executor": "ray"})
     here = make_config(str(manifest), output={"root": str(tmp_path / "here")}, run={"executor": "auto"})
     assert run(on_ray)["executor"] == "ray"
     summary = run(here)

@@ -227,6 +227,7 @@ def test_three_rows_that_crash_the_encoder_end_as_three_error_rows(
                 "max_task_retries": 0,  # each crash is final at once: the test is about the last round
             },
             input={"unit_rows": 8},
+            run={"executor": "ray"},  # a crashing row is isolated by the Ray plan
         )
         summary = run(cfg)
     finally:
