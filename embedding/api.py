@@ -110,13 +110,7 @@ def vectorize_image(
 
 def preprocess_for(encoder: Encoder, cfg: Config) -> Preprocess:
     """The model version's preprocessing with the config's own choices (draft gap, alpha background)."""
-    return Preprocess(
-        **{
-            **encoder.loaded.preprocess.__dict__,
-            "draft_gap": cfg.preprocess.draft_gap,
-            "alpha_background": tuple(cfg.preprocess.alpha_background),
-        }
-    )
+    return encoder.loaded.preprocess.with_choices(cfg.preprocess)
 
 
 def checked_vector(values: np.ndarray, version: str) -> Vector:

@@ -24,19 +24,7 @@ from embedding.stages.read import ReadSettings
 from embedding.stages.write import WriteSettings
 from embedding.store.manifest import Listing, ManifestFile, detect_kind, find_files
 from embedding.store.partition import Partition
-from embedding.store.schemas import OutputSchemas, file_metadata
-
-RESERVED = {
-    "image_id",
-    "text_id",
-    "embedding",
-    "model_version",
-    "uri",
-    "width",
-    "height",
-    "content_sha256",
-    "text",
-}
+from embedding.store.schemas import OWN_COLUMNS, OutputSchemas, file_metadata
 
 
 @dataclass
@@ -56,7 +44,7 @@ def _carried_fields(cfg: Config, files: list[ManifestFile]) -> list[pa.Field]:
     explicit = "carry_columns" in cfg.input.model_fields_set
     fields = []
     for name in cfg.input.carry_columns:
-        if name in RESERVED:
+        if name in OWN_COLUMNS:
             raise ConfigError(
                 f"input.carry_columns: '{name}' is an output column of its own and cannot be carried"
             )
@@ -81,17 +69,7 @@ def prepare(cfg: Config, listing: Listing | None = None) -> Prepared:
     check_width(cfg.model.version, spec)
     files = find_files(cfg.input.manifest, cfg.input.storage_options, listing)
     kind = detect_kind(files, cfg.input.kind)
-    prep = preprocess_for(spec)
-    red, green, blue = cfg.preprocess.alpha_background
-    prep = Preprocess(
-        size=prep.size,
-        interpolation=prep.interpolation,
-        resize_mode=prep.resize_mode,
-        mean=prep.mean,
-        std=prep.std,
-        alpha_background=(red, green, blue),
-        draft_gap=cfg.preprocess.draft_gap,
-    )
+    prep = preprocess_for(spec).with_choices(cfg.preprocess)
     if cfg.inference.stage_class:
         load_stage_class(cfg.inference.stage_class)
     return Prepared(cfg, spec, kind, files, _carried_fields(cfg, files), prep, identity_for(cfg))

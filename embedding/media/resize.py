@@ -4,12 +4,20 @@ frames alike. Normalisation (mean/std) happens on the encoder's device, not here
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+class Choices(Protocol):
+    """The config's own preprocessing choices: its `preprocess` section (PreprocessConfig)."""
+
+    draft_gap: float
+    alpha_background: tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,11 @@ class Preprocess:
     alpha_background: tuple[int, int, int] = (255, 255, 255)
     # JPEG DCT scaling keeps at least this factor of the target resolution before the final resample.
     draft_gap: float = 2.0
+
+    def with_choices(self, cfg: Choices) -> Preprocess:
+        """The model version's preprocessing with the config's own choices (draft gap, alpha background):
+        the job, the API and the service all decode with what this returns."""
+        return replace(self, draft_gap=cfg.draft_gap, alpha_background=cfg.alpha_background)
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -77,6 +77,16 @@ class OutputSchemas:
         return pa.schema(fields, metadata=self.file_metadata)
 
 
+def _own_columns() -> frozenset[str]:
+    """The columns an embeddings table has of its own, whatever the kind: a manifest column carried
+    through may take none of their names."""
+    tables = (OutputSchemas(kind, 1, "float32", [], {}).embeddings() for kind in ("image", "text"))
+    return frozenset(name for schema in tables for name in schema.names)
+
+
+OWN_COLUMNS = _own_columns()
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Select and cast columns into an output schema (metadata included); absent columns are null."""
     columns = [
