@@ -10,8 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -21,6 +19,7 @@ from tests.support.runs import (
     job_env,
     kill_processes_mentioning,
     run_to_end,
+    sample_manifest,
     write_config,
 )
 from tests.support.s3_server import free_port
@@ -46,6 +45,13 @@ def head(tmp_path: Path):
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
+        # Ports of its own for the head's agents: the defaults (52365 and others) may be held by the local
+        # Ray that the rest of the session shares, and a head whose job agent cannot listen takes no job.
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
         f"--temp-dir={temp}",
         "--disable-usage-stats",
     ]
@@ -60,12 +66,7 @@ def head(tmp_path: Path):
 
 def test_job_submit_succeeds_with_the_output_of_a_local_run(head, tmp_path: Path, sample_dir: Path) -> None:
     address, env = head
-    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 64)
-    table = table.set_column(
-        1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
-    )
-    manifest = tmp_path / "m.parquet"
-    pq.write_table(table, manifest)
+    manifest = sample_manifest(sample_dir, 64, tmp_path / "m.parquet")
     config = write_config(
         tmp_path / "cluster.yaml", str(manifest), str(tmp_path / "submitted"), ray={"num_cpus": None}
     )
@@ -84,7 +85,13 @@ def test_job_submit_succeeds_with_the_output_of_a_local_run(head, tmp_path: Path
         "--config",
         str(config),
     ]
-    result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
+    # Right after `ray start` the head's job agent may not have registered yet: Ray refuses the submission
+    # with "No available agent ... try again later". Each try is a new `ray job submit` (about a second).
+    deadline = time.monotonic() + 120
+    while True:
+        result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
+        if result.returncode == 0 or "No available agent" not in result.stderr or time.monotonic() > deadline:
+            break
     assert result.returncode == 0, result.stderr[-2000:]
     job_id = next(
         line.split("'")[1] for line in result.stdout.splitlines() if "submitted successfully" in line

@@ -7,22 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support.runs import REPO, job_env, outputs, write_config
+from tests.support.runs import REPO, job_env, outputs, sample_manifest, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 def test_remove_a_worker_node_while_the_encoder_runs(tmp_path: Path, sample_dir: Path) -> None:
-    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 256)
-    table = table.set_column(
-        1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
-    )
-    manifest = tmp_path / "m.parquet"
-    pq.write_table(table, manifest)
+    manifest = sample_manifest(sample_dir, 256, tmp_path / "m.parquet")
+    table = pq.read_table(manifest)
     root = tmp_path / "out"
     config = write_config(
         tmp_path / "c.yaml",

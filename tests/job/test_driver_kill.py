@@ -7,14 +7,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tests.support.runs import (
     assert_same_outputs,
     kill_group,
     outputs,
+    sample_manifest,
     start_run,
     wait_for_free_lease,
     write_config,
@@ -68,13 +67,8 @@ def run_to_end(config: Path, log: Path) -> dict:
 
 
 def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
-    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 192)
-    table = table.set_column(
-        1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
-    )
-    manifest = tmp_path / "m.parquet"
-    pq.write_table(table, manifest)
-    total = table.num_rows
+    manifest = sample_manifest(sample_dir, 192, tmp_path / "m.parquet")
+    total = 192
     slow = {"concurrency": 1}  # one 16-row unit decoded at a time: slow enough to be killed in the middle
     reference = write_config(
         tmp_path / "ref.yaml", str(manifest), str(tmp_path / "ref"), preprocess=slow, run=STANDALONE
@@ -123,12 +117,7 @@ def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
     from embedding.job.run import run
     from tests.support.s3_server import S3Server
 
-    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, 48)
-    table = table.set_column(
-        1, "uri", pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
-    )
-    manifest = tmp_path / "m.parquet"
-    pq.write_table(table, manifest)
+    manifest = sample_manifest(sample_dir, 48, tmp_path / "m.parquet")
     reference = make_config(str(manifest), input={"unit_rows": 16})
     run(reference)
     server = S3Server().start() if backend == "s3" else None

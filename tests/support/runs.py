@@ -33,6 +33,17 @@ def write_config(path: Path, manifest: str, root: str, **sections: dict) -> Path
     return path
 
 
+def sample_manifest(sample_dir: Path, rows: int, path: Path) -> Path:
+    """The first `rows` rows of the sample's manifest with absolute URIs (a job reading it may run in any
+    folder), written to `path`."""
+    import pyarrow as pa
+
+    table = pq.read_table(sample_dir / "manifest.parquet").slice(0, rows)
+    uris = pa.array([str(sample_dir / u) for u in table.column("uri").to_pylist()])
+    pq.write_table(table.set_column(table.schema.get_field_index("uri"), "uri", uris), path)
+    return path
+
+
 def job_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
