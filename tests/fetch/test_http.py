@@ -89,6 +89,7 @@ def test_transient_failures_are_retried_by_a_later_run(
         str(manifest),
         fetch={"timeout_s": 1, "retries": 1, "backoff_s": 0.1, "allowed_networks": LOOPBACK},
         limits={"max_image_bytes": LIMIT},
+        run={"executor": "ray"},  # the retry round reads the unit's errors in a Ray worker
     )
     first = run(cfg)
     assert first["rows"]["failed_by_code"] == {

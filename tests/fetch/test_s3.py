@@ -36,6 +36,7 @@ def test_job_reads_and_writes_s3(s3: S3Server, sample_dir: Path, make_config) ->
         input={"storage_options": {"s3": options}},
         output={"root": "s3://bucket/out", "storage_options": options},
         index={"enabled": True, "shards": 2},
+        run={"executor": "ray"},  # the workers read and write S3 with the settings shipped to them
     )
     summary = run(cfg)
     assert summary["rows"]["embedded"] == 48 and summary["rows"]["failed"] == 0
