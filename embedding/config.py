@@ -135,7 +135,8 @@ class InferenceConfig(Section):
     # then its rows are retried one by one, and a row that still crashes becomes a WorkerCrashed error.
     max_task_retries: int = Field(default=2, ge=0)
     # "module:Class" of an encoder stage to use instead of the built-in one (a subclass of it, say, that
-    # adds post-processing); it must be importable on every node.
+    # adds post-processing: embedding.stages.encode's ImageEncodeStage or TextEncodeStage); it must be
+    # importable on every node.
     stage_class: str | None = None
 
     @model_validator(mode="after")
