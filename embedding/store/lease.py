@@ -6,6 +6,11 @@ heartbeat. It is created atomically (exclusive create on local disks, a conditio
 stops at once with a message naming the holder. The holder rewrites the heartbeat every `lease_timeout_s / 4`
 seconds; a lease whose heartbeat is older than `run.lease_timeout_s` belongs to a run that died and is taken
 over (the log says so). A holder that finds its lease taken over stops writing (the next check raises).
+
+A holder on this machine is not waited out: the lease also records the holder's boot id, pid namespace and
+process start time, and when all three say "this kernel, this namespace" while the pid is gone (or is now
+another process, started at another time), the holder is dead and its lease is taken over at once. A holder
+on another host, or one this process cannot see, is waited out as before.
 """
 
 from __future__ import annotations
@@ -49,8 +54,7 @@ class Lease:
         return {
             "run_id": self.run_id,
             "purpose": self.purpose,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            **this_process(),
             "heartbeat": time.time(),
             "timeout_s": self.timeout_s,
         }
@@ -71,19 +75,20 @@ class Lease:
             except ValueError:  # half-written by an older version: nobody can hold it
                 holder = {}
             age = time.time() - float(holder.get("heartbeat", 0))
-            if age <= float(holder.get("timeout_s", self.timeout_s)):
+            gone = holder_is_gone(holder)
+            if age <= float(holder.get("timeout_s", self.timeout_s)) and not gone:
                 raise LeaseHeld(
                     f"output {self.partition.root} (model version '{self.partition.version}') is in use by "
                     f"run {holder.get('run_id')} ({holder.get('purpose', 'run')} on {holder.get('host')}, "
                     f"pid {holder.get('pid')}, last heartbeat {age:.0f} s ago); wait for it to finish, or "
                     f"for its lease to time out after {holder.get('timeout_s', self.timeout_s)} s if it died"
                 )
-            log.warning(
-                "taking over the lease of %s from run %s, whose heartbeat stopped %.0f s ago",
-                where,
-                holder.get("run_id"),
-                age,
+            why = (
+                f"whose process (pid {holder.get('pid')} on this host) is gone"
+                if gone
+                else f"whose heartbeat stopped {age:.0f} s ago"
             )
+            log.warning("taking over the lease of %s from run %s, %s", where, holder.get("run_id"), why)
             # Remove the very lease we read, never one that another run created since.
             remove_if_unchanged(fs, self.path, raw)
             self.took_over = holder
@@ -127,3 +132,48 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def start_time(pid: int) -> str | None:
+    """When a process started, in clock ticks since boot (Linux); None if there is no such process."""
+    stat = _read(f"/proc/{pid}/stat")
+    # The command name (field 2) may hold spaces and parentheses: count fields after its last ")".
+    return stat.rpartition(")")[2].split()[19] if stat else None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    """Who holds a lease: host and pid, and what tells a live process from a dead one on this machine."""
+    pid = os.getpid()
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "boot_id": _read("/proc/sys/kernel/random/boot_id"),
+        "pid_ns": _pid_namespace(),
+        "pid_start": start_time(pid),
+    }
+
+
+def holder_is_gone(holder: dict[str, Any]) -> bool:
+    """Whether a lease's holder is a process of this machine that no longer runs. False whenever that cannot
+    be known (another host or boot, another pid namespace, a lease without these fields, not Linux)."""
+    here = this_process()
+    same = all(holder.get(k) == here[k] and here[k] is not None for k in ("host", "boot_id", "pid_ns"))
+    if not same or not isinstance(holder.get("pid"), int) or holder.get("pid_start") is None:
+        return False
+    # No such process, or the pid was given to another process since (started at another time).
+    return start_time(holder["pid"]) != holder["pid_start"]

@@ -1,4 +1,5 @@
-"""SIGKILL the driver at three points of a run; each rerun redoes only uncommitted units."""
+"""SIGKILL the driver at three points of a run; each rerun, started at once (the killed run's lease names a
+process of this machine that is gone), redoes only uncommitted units."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from tests.support.runs import (
     outputs,
     sample_manifest,
     start_run,
-    wait_for_free_lease,
     write_config,
 )
 
@@ -86,7 +86,6 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
     # Each run is killed at the next point; the run after it starts from what the killed one left.
     uncommitted_before = total
     for name, condition in kill_points.items():
-        wait_for_free_lease(root)
         before = set(commits(root)) | set(ready(root))
         process = start_run(config, tmp_path / f"{name}.log")
         reached = wait_until(condition, process)
@@ -100,7 +99,6 @@ def test_kill_the_driver_three_times(tmp_path: Path, sample_dir: Path) -> None:
         assert not before - set(done), "a committed unit disappeared"
         assert redone <= uncommitted_before, f"the run killed at '{name}' redid {redone} rows"
         uncommitted_before = total - sum(m["stop"] - m["start"] for m in done.values())
-    wait_for_free_lease(root)
     summary = run_to_end(config, tmp_path / "final.log")
     assert summary["rows"]["new"] + summary["rows"]["retried"] <= uncommitted_before
     assert summary["rows"]["skipped_done"] == total - uncommitted_before
@@ -134,13 +132,11 @@ def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
         }
         config = write_config(tmp_path / "run.yaml", str(manifest), root, **sections)
         for step, faults in (("marker", "commit.marker:2"), ("moves", "commit.after_move:1")):
-            wait_for_free_lease(root, options)
             process = start_run(config, tmp_path / f"{step}.log", faults)
             try:
                 assert process.wait(timeout=600) == -9, (tmp_path / f"{step}.log").read_text()[-3000:]
             finally:
                 kill_group(process)
-        wait_for_free_lease(root, options)
         resumed = make_config(
             str(manifest), input={"unit_rows": 16}, output={"root": root, "storage_options": options}
         )
@@ -152,7 +148,6 @@ def test_kills_during_a_marker_write_a_units_moves_and_the_overwrite_swap(
             assert process.wait(timeout=600) == -9, (tmp_path / "swap.log").read_text()[-3000:]
         finally:
             kill_group(process)
-        wait_for_free_lease(root, options)
         overwrite = make_config(
             str(manifest),
             input={"unit_rows": 16},

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
-from embedding.store.lease import Lease, LeaseHeld, LeaseLost
+from embedding.store.lease import Lease, LeaseHeld, LeaseLost, start_time, this_process
 from embedding.store.partition import Partition
 
 
@@ -58,3 +60,71 @@ def test_a_holder_that_lost_its_lease_finds_out(tmp_path) -> None:
         json.loads((tmp_path / "_state" / "image" / "model_version=v1" / "lease").read_text())["run_id"]
         == "thief"
     )
+
+
+def _plant(part: Partition, holder: dict) -> None:
+    part.fs.makedirs(part.state_dir, exist_ok=True)
+    part.fs.pipe_file(f"{part.state_dir}/lease", json.dumps(holder).encode())
+
+
+def _exited_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(output_root, caplog) -> None:
+    """A holder killed a moment ago (fresh heartbeat) on this machine: its pid is gone, so no waiting."""
+    part = Partition(output_root[0], "image", "v1", output_root[1])
+    _plant(
+        part,
+        {
+            **this_process(),
+            "pid": _exited_pid(),
+            "run_id": "killed",
+            "heartbeat": time.time(),
+            "timeout_s": 60,
+        },
+    )
+    with Lease(part, "next", timeout_s=60) as lease:
+        assert lease.took_over is not None and lease.took_over["run_id"] == "killed"
+    assert "from run killed, whose process" in caplog.text and "is gone" in caplog.text
+
+
+def test_a_recycled_pid_is_not_the_holder(tmp_path) -> None:
+    """The holder's pid now belongs to a live process that started at another time: the holder is gone."""
+    part = Partition(str(tmp_path), "image", "v1")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {**this_process(), "pid": live.pid, "pid_start": "1", "run_id": "old", "timeout_s": 60}
+        _plant(part, {**holder, "heartbeat": time.time()})
+        with Lease(part, "next", timeout_s=60) as lease:
+            assert lease.took_over is not None and lease.took_over["run_id"] == "old"
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_live_holder_on_this_host_and_any_holder_elsewhere_are_waited_for(tmp_path) -> None:
+    part = Partition(str(tmp_path), "image", "v1")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        alive = {
+            **this_process(),
+            "pid": live.pid,
+            "run_id": "alive",
+            "heartbeat": time.time(),
+            "timeout_s": 60,
+        }
+        alive["pid_start"] = start_time(live.pid)
+        _plant(part, alive)
+        with pytest.raises(LeaseHeld, match="alive"):
+            Lease(part, "next", timeout_s=60).acquire()
+    finally:
+        live.kill()
+        live.wait()
+    # A holder on another machine cannot be seen from here: its lease times out, whatever its pid.
+    elsewhere = {**alive, "host": "another-host", "pid": _exited_pid(), "run_id": "remote"}
+    _plant(part, elsewhere)
+    with pytest.raises(LeaseHeld, match="remote"):
+        Lease(part, "next", timeout_s=60).acquire()
