@@ -67,6 +67,11 @@ def _plant(part: Partition, holder: dict) -> None:
     part.fs.pipe_file(f"{part.state_dir}/lease", json.dumps(holder).encode())
 
 
+def _live_process() -> subprocess.Popen:
+    """A process that lives until the test closes its stdin (no timer)."""
+    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+
+
 def _exited_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
@@ -94,20 +99,20 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(output_root, caplog) -
 def test_a_recycled_pid_is_not_the_holder(tmp_path) -> None:
     """The holder's pid now belongs to a live process that started at another time: the holder is gone."""
     part = Partition(str(tmp_path), "image", "v1")
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = _live_process()
     try:
         holder = {**this_process(), "pid": live.pid, "pid_start": "1", "run_id": "old", "timeout_s": 60}
         _plant(part, {**holder, "heartbeat": time.time()})
         with Lease(part, "next", timeout_s=60) as lease:
             assert lease.took_over is not None and lease.took_over["run_id"] == "old"
     finally:
-        live.kill()
+        live.stdin.close()  # the process ends when its stdin does
         live.wait()
 
 
 def test_a_live_holder_on_this_host_and_any_holder_elsewhere_are_waited_for(tmp_path) -> None:
     part = Partition(str(tmp_path), "image", "v1")
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = _live_process()
     try:
         alive = {
             **this_process(),
@@ -121,7 +126,7 @@ def test_a_live_holder_on_this_host_and_any_holder_elsewhere_are_waited_for(tmp_
         with pytest.raises(LeaseHeld, match="alive"):
             Lease(part, "next", timeout_s=60).acquire()
     finally:
-        live.kill()
+        live.stdin.close()  # the process ends when its stdin does
         live.wait()
     # A holder on another machine cannot be seen from here: its lease times out, whatever its pid.
     elsewhere = {**alive, "host": "another-host", "pid": _exited_pid(), "run_id": "remote"}
