@@ -2,6 +2,7 @@
 
     python -m benchmarks.service [--clients 1,8,32,64] [--seconds 10] [--search-rows 1000000 | --reuse]
                                  [--proxy auto|haproxy|python]
+    python -m benchmarks.service --kill-replica [--seconds 60]    (benchmarks.kill_replica)
 
 All in one run on this machine, against the real server (`embedding.service.app.start`, local Ray):
 
@@ -226,7 +227,9 @@ def main() -> None:
     )
     parser.add_argument("--clients", default="1,8,32,64")
     parser.add_argument(
-        "--seconds", type=float, default=10.0, help="measured time per point (after 1 s warm-up)"
+        "--seconds",
+        type=float,
+        help="measured time per point (after 1 s warm-up; default 10, or 60 with --kill-replica)",
     )
     parser.add_argument(
         "--work", type=Path, default=Path("/tmp/bench-page"), help="the demo sample (made if missing)"
@@ -241,7 +244,14 @@ def main() -> None:
     parser.add_argument("--proxy", choices=["auto", "haproxy", "python"], default="auto")
     parser.add_argument("--skip-vectorize", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument(
+        "--kill-replica",
+        action="store_true",
+        help="only the replica-death run (benchmarks.kill_replica); --seconds defaults to 60 there",
+    )
     args = parser.parse_args()
+    seconds_asked = args.seconds
+    args.seconds = args.seconds or 10.0
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
@@ -253,13 +263,19 @@ def main() -> None:
     base = Config.model_validate({**base.model_dump(), "service": service})
     if not ray.is_initialized():
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    from embedding.service.app import uses_haproxy
+    from embedding.service.haproxy import uses_haproxy
 
     result: dict = {
         "machine_cpus": os.cpu_count(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "http": "haproxy" if uses_haproxy(base) else "python proxy",
     }
+    if args.kill_replica:
+        from benchmarks.kill_replica import kill_replica
+
+        result["kill_replica"] = kill_replica(base, seconds_asked or 60.0)
+        print(json.dumps(result, indent=1))
+        return
     if not args.skip_vectorize:
         images = [p.read_bytes() for p in sorted((args.work / "sample" / "images").glob("*.jpg"))[:64]]
         clients = [int(c) for c in args.clients.split(",")]

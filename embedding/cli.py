@@ -111,11 +111,14 @@ def _index(args: argparse.Namespace) -> int:
         index = Index.open(folder, cfg.output.storage_options, verify=True)
         print(f"index {folder}: {index.manifest.rows} rows in {len(index.shards)} shards; checksums verified")
         return 0
-    manifest = build_index(cfg, force=args.force)
+    asked = "rebuild" if args.rebuild else "compact" if args.compact else "auto"
+    manifest = build_index(cfg, asked=asked)
+    change = manifest.change
+    what = f"{change.action} ({change.reason})" if change else "unchanged"
+    took = f" in {change.seconds} s" if change and change.action != "none" else ""
     print(
-        f"index {folder}: {manifest.kind} ({manifest.factory}), {manifest.rows} rows in "
-        f"{len(manifest.shards)} "
-        f"shards, recall@10 {manifest.self_check.get('recall_at_k')}, built in {manifest.build_seconds} s"
+        f"index {folder}: {what}{took}\n  {manifest.kind} ({manifest.factory}), {manifest.rows} rows in "
+        f"{len(manifest.shards)} shards, recall@10 {manifest.self_check.get('recall_at_k')}"
     )
     return 0
 
@@ -158,7 +161,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Run the service until Ctrl-C (or SIGTERM), then shut Serve down."""
+    """Run the service until Ctrl-C, SIGTERM or SIGHUP, then shut Serve down and end what it started."""
     import signal
     import threading
 
@@ -166,8 +169,23 @@ def _serve(args: argparse.Namespace) -> int:
     from embedding.service.app import start, stop
 
     cfg = load_config(args.config, args.set or [])
-    started = start(cfg, args.host, args.port)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def handle(handler: Any) -> None:
+        for sig in signals:
+            signal.signal(sig, handler)
+
+    # Each ends the service the same way, also while it starts: it interrupts what runs, and `stop` runs with
+    # them ignored, so that a second one cannot cut it short. Left to their default, SIGHUP (a closed
+    # terminal) and a SIGTERM during the start end the process on the spot, and HAProxy, Ray's processes and
+    # HAProxy's folder outlive it.
+    handle(interrupt)
     try:
+        started = start(cfg, args.host, args.port)
+        handle(interrupt)  # again: starting Ray sets its own for SIGTERM (sys.exit, with no `stop`)
         for note in started.notes:
             print(note)
         print(
@@ -178,11 +196,11 @@ def _serve(args: argparse.Namespace) -> int:
         if started.metrics_url:
             print(f"  Serve's Prometheus metrics: {started.metrics_url}")
         print("Ctrl-C stops the service.", flush=True)
-        done = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
-        done.wait()
+        threading.Event().wait()  # until a signal interrupts it
+    except KeyboardInterrupt:
+        pass
     finally:
+        handle(signal.SIG_IGN)
         stop()
     return 0
 
@@ -230,9 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("config")
     index.add_argument("--set", action="append", metavar="KEY=VALUE")
     index.add_argument("--verify", action="store_true", help="check every shard file's SHA-256")
-    index.add_argument(
-        "--force", action="store_true", help="rebuild even when the index holds exactly the committed units"
+    how = index.add_mutually_exclusive_group()
+    how.add_argument(
+        "--rebuild",
+        "--force",
+        action="store_true",
+        help="train and fill anew, even where an update would do (or nothing changed)",
     )
+    how.add_argument("--compact", action="store_true", help="merge delta shards and drop retired rows now")
     index.set_defaults(func=_index)
 
     search = commands.add_parser("search", help="text or image query against the index")

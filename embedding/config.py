@@ -221,7 +221,19 @@ class IndexConfig(Section):
     rerank_dtype: Literal["float16", "float32"] = "float16"
     nprobe: int = Field(default=16, ge=1)
     ef_search: int = Field(default=128, ge=1)
-    self_check_queries: int = Field(default=200, ge=0)
+    self_check_queries: int = Field(default=200, ge=0)  # an update checks a quarter as many
+    # Text queries of the version's text tower in the self-check of a compressed index (exact ones need
+    # none): compressed kinds can fail text queries while image queries look fine.
+    self_check_texts: int = Field(default=32, ge=0)
+    # Changes of the committed units update the index in place (README, "Updating the index"):
+    # retired and delta rows past this share of the live rows are compacted into full shards,
+    compact_at: float = Field(default=0.25, gt=0)
+    # a collection grown past this multiple of the rows its structure was trained on is rebuilt,
+    retrain_growth: float = Field(default=4.0, gt=1)
+    # and so is one whose self-check after an update falls under this recall@10.
+    min_recall: float = Field(default=0.9, ge=0, le=1)
+    # Fills of up to this many rows run in the index stage's own process, without Ray.
+    local_rows: int = Field(default=100_000, ge=0)
 
 
 class SearchConfig(Section):
@@ -239,7 +251,10 @@ class EncoderServiceConfig(Section):
     batching: bool = True  # false: every request is encoded alone (batch size 1)
     max_batch_size: int = Field(default=32, ge=1)  # requests merged into one model call
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)  # how long a batch waits to fill up
-    replicas: int = Field(default=1, ge=1)  # fixed replicas; with max_replicas > replicas: autoscaling
+    # Replicas always running; with max_replicas above it, Serve autoscales between the two. Two survive the
+    # death of one without losing a request (the ingress retries on the other); one costs the requests of
+    # the replacement's start time a 503 (README, "When a replica dies").
+    min_replicas: int = Field(default=1, ge=1)
     max_replicas: int | None = Field(default=None, ge=1)
     # Calls to an encoder replica are batches (one request each with batching off): the autoscaling
     # target is calls in flight per replica, and the ingress keeps 4 per replica in flight.
@@ -264,8 +279,10 @@ class EncoderServiceConfig(Section):
 
     @model_validator(mode="after")
     def _replicas(self) -> EncoderServiceConfig:
-        if self.max_replicas is not None and self.max_replicas < self.replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
+            )
         return self
 
 
@@ -277,11 +294,17 @@ class ServiceConfig(Section):
     # front of the ingress replicas, which serve HTTP themselves); "python" is Serve's Python proxy; "auto"
     # is haproxy where Ray's bundled HAProxy (or one on PATH) is found, else python.
     proxy: Literal["auto", "haproxy", "python"] = "auto"
+    # HAProxy's `timeout http-request`: a client must send its request line and headers within this long,
+    # or HAProxy answers 408 and closes the connection (a client that trickles headers holds a connection).
+    http_request_timeout_s: float = Field(default=10.0, gt=0)
     port: int = Field(default=8000, ge=1, le=65535)
     versions: list[str] = Field(default_factory=list)  # served model versions; empty: [model.version]
     default_version: str | None = None  # `latest` or no model-version; None: model.version
     api_keys: list[str] = Field(default_factory=list)  # also EMBEDDING_API_KEYS (comma-separated)
-    retry_after_s: int = Field(default=1, ge=0)  # the Retry-After of a 429
+    retry_after_s: int = Field(default=1, ge=0)  # the Retry-After of a 429 or a 503
+    # No request is answered later than this after its body arrived: a call whose replica died is retried
+    # once within it, and one that cannot finish in time is answered 503 with Retry-After.
+    request_timeout_s: float = Field(default=10.0, gt=0)
     max_top: int = Field(default=1000, ge=1)  # the most results one search request may ask for
     encoder: EncoderServiceConfig = Field(default_factory=EncoderServiceConfig)
     search_replicas: int = Field(default=1, ge=1)
@@ -289,6 +312,12 @@ class ServiceConfig(Section):
     thumbnail_px: int = Field(default=256, ge=16, le=1024)  # longest side of a thumbnail
     thumbnail_cache_mb: int = Field(default=256, ge=1)  # under <output.root>/_cache/thumbnails
     page: bool = True  # the search page at /
+    # The `uri` of a search result over HTTP (`embedding search` prints it whole: its user is trusted).
+    # "relative" (default): relative to the folder of the config's manifest file that is its prefix, else
+    # the file name alone, so that no client learns the server's folders, buckets, hosts or URL query
+    # strings (signatures); "manifest": the uri as the index holds it (the job resolved a manifest's
+    # relative paths against its folder, so a local file's is its absolute path); "none": null.
+    result_uri: Literal["relative", "manifest", "none"] = "relative"
 
 
 class Config(Section):

@@ -1,1 +1,1 @@
-"""The sharded FAISS index of one model version: choosing its kind, building it, loading and searching it."""
+"""The sharded FAISS index of one model version: its kind, builds and updates, loading and search."""

@@ -14,7 +14,14 @@ import pyarrow.parquet as pq
 
 from embedding.errors import ConfigError
 from embedding.index.kinds import search_parameters
-from embedding.index.store import IndexManifest, check_files, index_dir, local_folder, read_manifest
+from embedding.index.store import (
+    IndexManifest,
+    ShardFiles,
+    check_files,
+    index_dir,
+    local_folder,
+    read_manifest,
+)
 
 
 class VersionMismatch(ConfigError):
@@ -33,6 +40,36 @@ class Shard:
     index: faiss.Index
     vectors: np.ndarray  # memory-mapped, for exact re-ranking
     meta: pa.Table  # row -> image_id, uri, carried columns
+    retired: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # tombstoned rows, sorted
+    _skip: list[faiss.IDSelector] = field(default_factory=list)  # [NOT retired, retired]: built once
+
+    @classmethod
+    def tombstoned(cls, files: ShardFiles) -> np.ndarray:
+        """The rows of a shard whose units were retired (search never returns them)."""
+        gone = set(files.retired)
+        ranges = [np.arange(s.start, s.start + s.rows) for s in files.spans if s.unit in gone]
+        return np.concatenate(ranges).astype(np.int64) if ranges else np.empty(0, np.int64)
+
+    def live(self, rows: np.ndarray) -> np.ndarray:
+        """Those of `rows` that are not retired."""
+        return rows[~np.isin(rows, self.retired)] if len(self.retired) else rows
+
+    def live_mask(self) -> np.ndarray:
+        """A boolean per row: not retired."""
+        mask = np.ones(self.meta.num_rows, dtype=bool)
+        mask[self.retired] = False
+        return mask
+
+    def selector(self, allowed: np.ndarray | None) -> faiss.IDSelector | None:
+        """What a FAISS search may return: the allowed rows (already live), or every live row."""
+        if allowed is not None:
+            return faiss.IDSelectorBatch(allowed)
+        if not len(self.retired):
+            return None
+        if not self._skip:  # SWIG holds no reference to the inner selector: the shard keeps both
+            inner = faiss.IDSelectorBatch(self.retired)
+            self._skip[:] = [faiss.IDSelectorNot(inner), inner]
+        return self._skip[0]
 
     def allowed_rows(self, filters: dict[str, str]) -> np.ndarray | None:
         """Rows whose carried metadata matches every filter (list columns: contains), or None for all."""
@@ -41,8 +78,9 @@ class Shard:
         mask = np.ones(self.meta.num_rows, dtype=bool)
         for column, value in filters.items():
             if column not in self.meta.column_names:
+                # Neutral words: `embedding search --filter` and the service's "filters" both land here.
                 raise ConfigError(
-                    f"--filter {column}: no such metadata column; have {', '.join(self.meta.column_names)}"
+                    f"filter on '{column}': no such metadata column; have {', '.join(self.meta.column_names)}"
                 )
             data = self.meta.column(column)
             if pa.types.is_list(data.type) or pa.types.is_large_list(data.type):
@@ -54,7 +92,7 @@ class Shard:
             else:
                 hits = pc.equal(data.cast(pa.string()), value).to_numpy(zero_copy_only=False)
             mask &= np.asarray(hits, dtype=bool)
-        return np.flatnonzero(mask).astype(np.int64)
+        return self.live(np.flatnonzero(mask).astype(np.int64))
 
 
 def _read_index(path: str) -> faiss.Index:
@@ -109,6 +147,7 @@ class Index:
                         index=_read_index(files["index"]),
                         vectors=np.load(files["vectors"], mmap_mode="r"),
                         meta=pq.read_table(files["meta"]),
+                        retired=Shard.tombstoned(shard),
                     )
                 )
             except (ValueError, OSError, pa.ArrowInvalid) as exc:
@@ -142,7 +181,7 @@ class Index:
             allowed = shard.allowed_rows(filters or {})
             if allowed is not None and len(allowed) == 0:
                 continue
-            selector = faiss.IDSelectorBatch(allowed) if allowed is not None else None
+            selector = shard.selector(allowed)
             params = search_parameters(shard.index, self.manifest.nprobe, self.manifest.ef_search, selector)
             scores, ids = shard.index.search(query, max(k, self.manifest.rerank), params=params)
             keep = ids[0] >= 0
@@ -165,38 +204,72 @@ def exact_kth_scores(index: Index, queries: np.ndarray, k: int) -> np.ndarray:
     """The k-th best exact score per query over every stored vector (brute force, in chunks)."""
     best = np.full((len(queries), k), -np.inf, dtype=np.float32)
     for shard in index.shards:
+        live = shard.live_mask()
         for start in range(0, len(shard.vectors), 65_536):
             block = np.asarray(shard.vectors[start : start + 65_536], dtype=np.float32)
-            scores = np.concatenate([best, queries @ block.T], axis=1)
+            block_scores = queries @ block.T
+            block_scores[:, ~live[start : start + 65_536]] = -np.inf  # retired rows are not answers
+            scores = np.concatenate([best, block_scores], axis=1)
             best = -np.sort(-scores, axis=1)[:, :k]
     return best[:, -1]
 
 
-def self_check(
-    folder: str, manifest: IndexManifest, storage_options: dict, queries: int, k: int = 10
-) -> dict:
-    """Recall@k of a built index against exact search, on a seeded sample of its own vectors as queries.
+def _recall(index: Index, queries: np.ndarray, k: int) -> float:
+    """Recall@k of the index's search against exact search, for these queries.
 
     A result counts as a true neighbour when its exact score reaches the k-th exact score (ties included).
     """
-    if queries == 0:
-        return {"queries": 0}
-    index = Index.load(local_folder(folder, manifest, storage_options), manifest)
-    sizes = [len(shard.vectors) for shard in index.shards]
-    picks = np.random.default_rng(0).choice(sum(sizes), size=min(queries, sum(sizes)), replace=False)
-    offsets = np.cumsum([0, *sizes])
-    shard_of = np.searchsorted(offsets, picks, side="right") - 1
-    sample = np.stack(
-        [
-            np.asarray(index.shards[s].vectors[p - offsets[s]], np.float32)
-            for s, p in zip(shard_of, picks, strict=True)
-        ]
-    )
-    kth = exact_kth_scores(index, sample, k)
+    kth = exact_kth_scores(index, queries, k)
     hits = []
-    for query, threshold in zip(sample, kth, strict=True):
+    for query, threshold in zip(queries, kth, strict=True):
         # Score the results from the same stored vectors as the truth, so both sides round alike.
         found = index.nearest(query, k)
         scores = [float(np.asarray(index.shards[c.shard].vectors[c.row], np.float32) @ query) for c in found]
         hits.append(sum(score >= threshold - 1e-6 for score in scores) / k)
-    return {"queries": len(sample), "k": k, "recall_at_k": round(float(np.mean(hits)), 4)}
+    return round(float(np.mean(hits)), 4)
+
+
+def _sample_rows(index: Index, shards: list[int], n: int, seed: int) -> np.ndarray:
+    """Up to n stored vectors of live rows of these shards, drawn at random (seeded)."""
+    live = [np.flatnonzero(index.shards[s].live_mask()) for s in shards]
+    if not sum(len(rows) for rows in live):
+        return np.empty((0, index.manifest.dim), np.float32)
+    which = np.concatenate([np.full(len(rows), s) for s, rows in zip(shards, live, strict=True)])
+    rows = np.concatenate(live).astype(np.int64)
+    picks = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
+    return np.stack([np.asarray(index.shards[int(which[i])].vectors[rows[i]], np.float32) for i in picks])
+
+
+def self_check(
+    folder: str,
+    manifest: IndexManifest,
+    storage_options: dict,
+    queries: int,
+    k: int = 10,
+    texts: np.ndarray | None = None,
+) -> dict:
+    """Recall@k of an index against exact search: on a seeded sample of its own live vectors as queries
+    (half of them from the shards an update added, when it added some), and on text queries (`texts`, unit
+    vectors of the version's text tower), since compressed kinds can fail text queries that look nothing
+    like the images they were trained on while image queries look fine."""
+    if queries == 0:
+        return {"queries": 0}
+    index = Index.load(local_folder(folder, manifest, storage_options), manifest)
+    every = list(range(len(index.shards)))
+    new = [n for n, shard in enumerate(manifest.shards) if shard.delta]
+    parts = [_sample_rows(index, new, queries // 2, seed=1)] if new else []
+    parts.append(_sample_rows(index, every, queries - sum(len(p) for p in parts), seed=0))
+    sample = np.concatenate(parts)
+    found: dict[str, Any] = {"queries": len(sample), "k": k, "recall_at_k": _recall(index, sample, k)}
+    if new:
+        found["new_rows_queries"] = len(parts[0])
+    if texts is not None and len(texts):
+        found["text_queries"] = len(texts)
+        found["text_recall_at_k"] = _recall(index, np.asarray(texts, np.float32), k)
+    return found
+
+
+def lowest_recall(check: dict) -> float | None:
+    """The worst recall a self-check measured (image or text queries), or None without queries."""
+    values = [check[key] for key in ("recall_at_k", "text_recall_at_k") if key in check]
+    return min(values) if values else None

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embedding.errors import ConfigError
 from embedding.store.files import filesystem, write_atomic
@@ -58,12 +58,28 @@ def safe_relative(path: str) -> str:
     return path
 
 
+class Span(BaseModel):
+    """Rows [start, start + rows) of a shard came from one committed unit's file."""
+
+    model_config = ConfigDict(extra="forbid")
+    unit: str
+    start: int = Field(ge=0)
+    rows: int = Field(ge=0)
+
+
 class ShardFiles(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: int
     files: dict[str, str]  # role (index, vectors, meta) -> path relative to the index folder
     bytes: dict[str, int]
     sha256: dict[str, str]
+    spans: list[Span] = Field(default_factory=list)  # which unit each row came from, in order
+    retired: list[str] = Field(default_factory=list)  # units whose rows search skips (tombstones)
+    delta: bool = False  # added by an update (not by a build or a compaction)
+
+    def retired_rows(self) -> int:
+        gone = set(self.retired)
+        return sum(span.rows for span in self.spans if span.unit in gone)
 
     @field_validator("files")
     @classmethod
@@ -81,7 +97,24 @@ class ShardFiles(BaseModel):
             raise ValueError("sha256 values must be 64 lowercase hex digits")
         if any(n < 0 for n in self.bytes.values()) or self.rows < 0:
             raise ValueError("sizes and row counts cannot be negative")
+        if self.spans and sum(span.rows for span in self.spans) != self.rows:
+            raise ValueError("the spans must cover the shard's rows")
+        if any(a.start + a.rows != b.start for a, b in zip(self.spans, self.spans[1:], strict=False)):
+            raise ValueError("the spans must follow each other from row 0")
+        if self.spans and self.spans[0].start != 0:
+            raise ValueError("the spans must start at row 0")
         return self
+
+
+class Change(BaseModel):
+    """What produced an index.json: a build (trained anew), an update, or a compaction, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: str  # build | update | compaction
+    reason: str
+    added_units: int = 0
+    retired_units: int = 0
+    seconds: float = 0.0
 
 
 class IndexManifest(BaseModel):
@@ -108,6 +141,22 @@ class IndexManifest(BaseModel):
     build_seconds: float
     build_id: str
     self_check: dict[str, Any]
+    # The trained, empty index (quantizer, codebooks) that updates fill their delta shards from, and the
+    # rows it was trained for: a collection grown past index.retrain_growth times those is rebuilt.
+    trained: ShardFiles | None = None
+    trained_rows: int = 0
+    built_recall: float | None = None  # the worst self-check recall of the last build or compaction
+    change: Change | None = None
+
+    def retired_rows(self) -> int:
+        return sum(shard.retired_rows() for shard in self.shards)
+
+    def delta_rows(self) -> int:
+        return sum(shard.rows - shard.retired_rows() for shard in self.shards if shard.delta)
+
+    def all_files(self) -> list[ShardFiles]:
+        """Every file group index.json names: the shards, and the trained index."""
+        return [*self.shards, *([self.trained] if self.trained else [])]
 
 
 def index_dir(root: str, version: str) -> str:

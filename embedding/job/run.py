@@ -182,6 +182,7 @@ def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
                 "rows": manifest.rows,
                 "build_id": manifest.build_id,
                 "self_check": manifest.self_check,
+                "change": manifest.change.model_dump() if manifest.change else None,
             }
         phases.end("index")
         summary = build_summary(cfg, run_id, job.kind, plan.counts, committer.totals, rounds, started, phases)

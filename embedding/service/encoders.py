@@ -26,6 +26,7 @@ from embedding.errors import EmbeddingError
 from embedding.media.image import decode
 from embedding.media.imagecheck import ImageLimits
 from embedding.service.wire import from_embedding_error, reply, vector_texts
+from embedding.store import faults
 
 
 def replica_config(cfg: Config) -> Config:
@@ -53,11 +54,13 @@ class EncoderDeployment:
         self.model_lock = threading.Lock()
 
     async def texts(self, texts: list[str]) -> list[dict[str, Any]]:
+        faults.point("encoder.call")  # a test's planted death of this replica in the middle of a call
         # The model runs in a thread so that the replica keeps accepting calls meanwhile.
         return await asyncio.to_thread(self._texts, texts)
 
     async def images(self, files: list[bytes]) -> list[dict[str, Any]]:
         """Image files' bytes (each already under the byte limit)."""
+        faults.point("encoder.call")
         return await asyncio.to_thread(self._images, files)
 
     def _texts(self, texts: list[str]) -> list[dict[str, Any]]:

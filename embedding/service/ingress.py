@@ -8,14 +8,15 @@
     GET  /retrieval/images/{imageId}                ours: the indexed image's original bytes
     GET  /healthz                                   liveness (no key needed)
     GET  /, /page/...                               the search page (no key needed; its calls need one)
+    HEAD /healthz, /, /page/...                     as GET, without the body
 
 The ingress parses and checks requests, fetches request URLs, and calls the encoder and search
-deployments of the version asked for; the model and the index live in those.
+deployments of the version asked for; the model and the index live in those. Every answer carries
+`X-Content-Type-Options: nosniff` (wire.NoSniff).
 """
 
 import asyncio
 import io
-import json
 import logging
 from importlib import resources
 from typing import Any
@@ -31,14 +32,15 @@ from embedding.config import Config
 from embedding.errors import EmbeddingError
 from embedding.fetch.sources import fetch
 from embedding.media.text import TextLimits, validate_text
-from embedding.service.body import BodyLimits, read_body
-from embedding.service.calls import EncoderCalls, own_handles, send
-from embedding.service.search_request import SearchRequest, parse_search
+from embedding.service.body import BodyLimits, json_object, read_body
+from embedding.service.calls import Deadline, EncoderCalls, own_handles, send
+from embedding.service.search_request import SearchRequest, frame_index_param, parse_search
 from embedding.service.security import authorized, source_settings
 from embedding.service.thumbnails import Thumbnails
 from embedding.service.wire import (
     INVALID_ARGUMENT,
     ApiError,
+    NoSniff,
     check_api_version,
     from_embedding_error,
     invalid,
@@ -59,6 +61,7 @@ PAGE_POLICY = (
 )
 
 app = FastAPI(title="embedding serve", docs_url=None, redoc_url=None, openapi_url=None)
+app.add_middleware(NoSniff)
 _errors_metric: Any = None
 
 
@@ -86,7 +89,9 @@ async def _api_error(request: Request, error: ApiError) -> Response:
 
 @app.exception_handler(EmbeddingError)
 async def _input_error(request: Request, error: EmbeddingError) -> Response:
-    return await _api_error(request, from_embedding_error(error))
+    # Only the request's own input raises here (indexed rows' sources are caught where thumbnails and
+    # originals read them): an InvalidManifestRow is a refused request URL, answered as InvalidImageUrl.
+    return await _api_error(request, from_embedding_error(error, request_url=True))
 
 
 @app.exception_handler(HTTPException)
@@ -101,16 +106,6 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
 async def _unexpected(request: Request, error: Exception) -> Response:
     log.exception("%s %s failed", request.method, request.url.path)
     return await _api_error(request, ApiError(500, "InternalServerError", "the server failed to answer"))
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid(INVALID_ARGUMENT, "the request body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise invalid(INVALID_ARGUMENT, "the request body must be a JSON object")
-    return value
 
 
 def _is_json(request: Request) -> bool:
@@ -154,26 +149,38 @@ class Ingress:
         if not authorized(request.headers, self.digests):
             raise unauthorized()
 
-    async def _call(self, response: Any) -> Any:
-        """The value of a deployment's reply (its error raised as ApiError)."""
-        return unwrap(await send(response, self.cfg.service.retry_after_s))
+    def _deadline(self) -> Deadline:
+        """The request's deadline, counted from now: call it once the request's body has arrived."""
+        return Deadline.after(self.cfg.service.request_timeout_s, self.cfg.service.retry_after_s)
 
-    async def _fetch(self, url: Any) -> bytes:
+    async def _search_call(self, version: str, method: str, deadline: Deadline, *args: Any) -> Any:
+        """The value of a call to the version's search deployment (its error raised as ApiError)."""
+        handle = getattr(self.searchers[version], method)
+        return unwrap(await send(lambda: handle.remote(*args), deadline, f"search-{version}"))
+
+    async def _fetch(self, url: Any, deadline: Deadline) -> bytes:
         """An image named by a request: the request source policy (no local paths), the job's limits."""
         if not isinstance(url, str) or not url.strip():
             raise invalid(INVALID_ARGUMENT, "'url' must be a non-empty string")
-        data, _ = await asyncio.to_thread(fetch, url.strip(), source_settings(self.cfg, "request"))
+        fetching = asyncio.to_thread(fetch, url.strip(), source_settings(self.cfg, "request"))
+        try:  # the fetch keeps its own timeout (fetch.timeout_s); the request does not wait past its own
+            data, _ = await asyncio.wait_for(fetching, deadline.remaining())
+        except TimeoutError:
+            raise deadline.missed("the image URL") from None
         return data
 
-    async def _encode(self, version: str, kind: str, value: Any) -> dict[str, Any]:
+    async def _encode(self, version: str, kind: str, value: Any, deadline: Deadline) -> dict[str, Any]:
         """The unit vector of a text, an image's bytes or an image URL, from the version's encoder:
         {"vector": float32 array, "json": the hosted API's JSON array}."""
         if kind == "text":
-            return await self.encoders.text(version, validate_text(value, self.text_limits))
-        return await self.encoders.image(version, await self._fetch(value) if kind == "url" else value)
+            return await self.encoders.text(version, validate_text(value, self.text_limits), deadline)
+        data = await self._fetch(value, deadline) if kind == "url" else value
+        return await self.encoders.image(version, data, deadline)
 
-    async def _record(self, version: str, image_id: str, frame_index: int | None = None) -> dict[str, Any]:
-        return await self._call(self.searchers[version].record.remote(image_id, frame_index))
+    async def _record(
+        self, version: str, image_id: str, deadline: Deadline, frame_index: int | None = None
+    ) -> dict[str, Any]:
+        return await self._search_call(version, "record", deadline, image_id, frame_index)
 
     # -- the hosted API ------------------------------------------------------------------------------
 
@@ -183,10 +190,11 @@ class Ingress:
         check_api_version(request.query_params)
         version = model_version(request.query_params, self.versions, self.default)
         body = await read_body(request, self.body_limits)
+        deadline = self._deadline()
         if _is_json(request):
-            encoded = await self._encode(version, "url", _json_object(body).get("url"))
+            encoded = await self._encode(version, "url", json_object(body).get("url"), deadline)
         else:  # raw bytes: application/octet-stream, image/*, a specific image type, or no type at all
-            encoded = await self._encode(version, "image", body)
+            encoded = await self._encode(version, "image", body, deadline)
         return vector_response(version, encoded["json"])
 
     @app.post("/computervision/retrieval:vectorizeText")
@@ -194,8 +202,8 @@ class Ingress:
         self._authorize(request)
         check_api_version(request.query_params)
         version = model_version(request.query_params, self.versions, self.default)
-        payload = _json_object(await read_body(request, self.body_limits))
-        encoded = await self._encode(version, "text", payload.get("text"))
+        payload = json_object(await read_body(request, self.body_limits))
+        encoded = await self._encode(version, "text", payload.get("text"), self._deadline())
         return vector_response(version, encoded["json"])
 
     # -- our own routes ------------------------------------------------------------------------------
@@ -203,11 +211,11 @@ class Ingress:
     @app.post("/retrieval:search")
     async def search(self, request: Request) -> Response:
         self._authorize(request)
-        payload = _json_object(await read_body(request, self.body_limits))
+        payload = json_object(await read_body(request, self.body_limits))
         query = parse_search(payload, dict(request.query_params), self.versions, self.default, self.cfg)
-        return JSONResponse(await self._search(query))
+        return JSONResponse(await self._search(query, self._deadline()))
 
-    async def _search(self, query: SearchRequest) -> dict[str, Any]:
+    async def _search(self, query: SearchRequest, deadline: Deadline) -> dict[str, Any]:
         version = query.index_version
         ask: dict[str, Any] = {
             "top": query.top,
@@ -221,15 +229,18 @@ class Ingress:
         elif query.kind == "vector":
             ask["vector"], ask["vector_version"] = query.value, query.vector_version
         else:  # embedded with the index's own version, as `embedding search` does
-            ask["vector"] = (await self._encode(version, query.kind, query.value))["vector"]
+            ask["vector"] = (await self._encode(version, query.kind, query.value, deadline))["vector"]
             ask["vector_version"] = version
-        answer = await self._call(self.searchers[version].search.remote(ask))
+        answer = await self._search_call(version, "search", deadline, ask)
         return {**answer, "skip": query.skip, "top": query.top}
 
     @app.get("/retrieval/models")
     async def models(self, request: Request) -> Response:
         self._authorize(request)
-        infos = await asyncio.gather(*(self.searchers[v].info.remote() for v in self.versions))
+        deadline = self._deadline()
+        infos = await asyncio.gather(
+            *(send(self.searchers[v].info.remote, deadline, f"search-{v}") for v in self.versions)
+        )
         limits = self.cfg.limits
         return JSONResponse(
             {
@@ -249,10 +260,8 @@ class Ingress:
         """A JPEG of an indexed image; of a video, the frame `frameIndex` names (else its first one)."""
         self._authorize(request)
         version = model_version(request.query_params, self.versions, self.default)
-        frame = request.query_params.get("frameIndex")
-        if frame is not None and not frame.isdigit():
-            raise invalid(INVALID_ARGUMENT, "'frameIndex' must be a whole number")
-        record = await self._record(version, image_id, int(frame) if frame is not None else None)
+        frame = frame_index_param(request.query_params.get("frameIndex"))
+        record = await self._record(version, image_id, self._deadline(), frame)
         data, problem = await asyncio.to_thread(self.thumbnails.get, version, record)
         headers = {"Cache-Control": "private, max-age=3600"}
         if problem:
@@ -263,7 +272,7 @@ class Ingress:
     async def original(self, image_id: str, request: Request) -> Response:
         self._authorize(request)
         version = model_version(request.query_params, self.versions, self.default)
-        record = await self._record(version, image_id)
+        record = await self._record(version, image_id, self._deadline())
         try:
             data = await asyncio.to_thread(self.thumbnails.source, record)
         except EmbeddingError as exc:
@@ -272,19 +281,19 @@ class Ingress:
             media = Image.MIME.get(Image.open(io.BytesIO(data)).format or "", "application/octet-stream")
         except Exception:  # the job indexed it, so it decoded once; serve it as bytes regardless
             media = "application/octet-stream"
-        return Response(data, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+        return Response(data, media_type=media)
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self) -> Response:
         return JSONResponse({"status": "ok", "modelVersions": self.versions})
 
     # -- the page ------------------------------------------------------------------------------------
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def index_page(self) -> Response:
         return self._page_file("index.html")
 
-    @app.get("/page/{name}")
+    @app.api_route("/page/{name}", methods=["GET", "HEAD"])
     async def page_file(self, name: str) -> Response:
         return self._page_file(name)
 
@@ -292,5 +301,4 @@ class Ingress:
         if name not in self.page:
             raise not_found()
         media = PAGE_TYPES[name[name.rfind(".") :]]
-        headers = {"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff"}
-        return Response(self.page[name], media_type=media, headers=headers)
+        return Response(self.page[name], media_type=media, headers={"Content-Security-Policy": PAGE_POLICY})

@@ -47,8 +47,8 @@ def find_row(index: Index, image_id: str, frame_index: int | None = None) -> Can
             hits = pc.and_(
                 hits, pc.equal(shard.meta.column("frame_index"), pa.scalar(frame_index, pa.int32()))
             )
-        rows = np.flatnonzero(pc.fill_null(hits, False).to_numpy(zero_copy_only=False))
-        if len(rows):
+        rows = shard.live(np.flatnonzero(pc.fill_null(hits, False).to_numpy(zero_copy_only=False)))
+        if len(rows):  # a retired row is not in the index any more
             return Candidate(cosine=1.0, shard=number, row=int(rows[0]))
     return None
 
@@ -65,6 +65,8 @@ def _value_counts(index: Index, column: str) -> Counter[str] | None:
         if column not in shard.meta.column_names:
             continue
         data = shard.meta.column(column)
+        if len(shard.retired):
+            data = data.filter(pa.array(shard.live_mask()))
         if pa.types.is_list(data.type) or pa.types.is_large_list(data.type):
             data = pc.list_flatten(data)
         if not (pa.types.is_string(data.type) or pa.types.is_large_string(data.type)):

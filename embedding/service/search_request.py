@@ -9,6 +9,10 @@
   with optional "top" (default search.top), "skip" (for pages), "filters" ({"column": "value"}: a list
   column matches when it contains the value) and "relevanceWeight" (default search.relevance_weight).
 
+Numbers are checked as the index will hold them: a vector must be finite once it is float32 (1e39 is not)
+and not all zeros, a count or a frame index a whole number within its bounds (never a float, NaN or a
+30-digit integer that would overflow the index's integer columns).
+
 The index searched is the version named by the `model-version` (or `modelVersion`) query parameter, else
 the body's `modelVersion`, else the default. A vector of another version than the index's is refused.
 """
@@ -17,9 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from embedding.config import Config
 from embedding.errors import EmbeddingError
@@ -28,13 +33,14 @@ from embedding.service.wire import INVALID_ARGUMENT, from_embedding_error, inval
 
 QUERY_KINDS = {"text": "text", "url": "url", "image": "image", "vector": "vector", "imageId": "image_id"}
 OPTIONS = {"top", "skip", "filters", "relevanceWeight", "modelVersion", "frameIndex"}
+MAX_FRAME_INDEX = 1 << 30  # more frames than any video has; the index holds frame indexes as int32
 
 
 @dataclass
 class SearchRequest:
     index_version: str
     kind: str  # text, url, image, vector or image_id
-    value: Any  # the text, URL, image bytes, vector (list of floats) or image id
+    value: Any  # the text, URL, image bytes, vector (float32 array) or image id
     top: int
     skip: int = 0
     filters: dict[str, str] = field(default_factory=dict)
@@ -50,13 +56,58 @@ def _integer(payload: dict[str, Any], name: str, default: int | None, low: int, 
     return value
 
 
-def _filters(value: Any) -> dict[str, str]:
+def frame_index_param(text: str | None) -> int | None:
+    """The `frameIndex` query parameter (a thumbnail's frame of a video): none, or a whole number."""
+    if text is None:
+        return None
+    # ASCII digits only ('²' is a digit to str.isdigit, not to int), and few enough to convert at once.
+    if not (text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= MAX_FRAME_INDEX):
+        raise invalid(
+            INVALID_ARGUMENT,
+            f"'frameIndex' (query parameter) must be a whole number from 0 to {MAX_FRAME_INDEX}",
+        )
+    return int(text)
+
+
+def _vector(value: Any) -> np.ndarray:
+    """A query vector as the index compares it: float32, every value finite, not all zeros."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+    ):
+        raise invalid(INVALID_ARGUMENT, "'vector' must be a non-empty list of numbers")
+    try:
+        with np.errstate(over="ignore"):  # 1e39 becomes inf in float32: refused below, by position
+            vector = np.asarray(value, dtype=np.float32)
+    except OverflowError:  # an integer beyond any float
+        at = next(i for i, x in enumerate(value) if isinstance(x, int) and x.bit_length() > 128)
+        raise invalid(INVALID_ARGUMENT, f"'vector'[{at}] is too large for a float32") from None
+    bad = np.flatnonzero(~np.isfinite(vector))
+    if len(bad):
+        raise invalid(
+            INVALID_ARGUMENT,
+            f"'vector'[{bad[0]}] is {value[bad[0]]}: every value must be finite as a float32 "
+            "(at most about 3.4e38 in magnitude)",
+        )
+    if not vector.any():
+        raise invalid(INVALID_ARGUMENT, "'vector' is all zeros: it has no direction to search by")
+    # Its scores against unit vectors are at most its length: one beyond float32 would make them infinite.
+    if np.linalg.norm(vector.astype(np.float64)) > np.finfo(np.float32).max:
+        raise invalid(INVALID_ARGUMENT, "'vector' is too long: its length must be finite as a float32")
+    return vector
+
+
+def _filters(value: Any, cfg: Config) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise invalid(INVALID_ARGUMENT, "'filters' must map column names to string values")
+    if "uri" in value and cfg.service.result_uri != "manifest":
+        # A filter on the whole uri would tell a caller whether a server path exists, which results hide.
+        raise invalid(INVALID_ARGUMENT, "filter on 'uri': not offered while service.result_uri hides uris")
     return value
 
 
@@ -85,14 +136,7 @@ def _query_value(kind: str, value: Any, max_image_bytes: int) -> Any:
         except EmbeddingError as exc:
             raise from_embedding_error(exc) from None
         return data
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
-        or not all(math.isfinite(x) for x in value)
-    ):
-        raise invalid(INVALID_ARGUMENT, "'vector' must be a non-empty list of finite numbers")
-    return value
+    return _vector(value)
 
 
 def parse_search(
@@ -121,14 +165,15 @@ def parse_search(
         named = None
     max_top = cfg.service.max_top
     top = _integer(payload, "top", cfg.search.top, 1, max_top)
+    frame = _integer(payload, "frameIndex", None, 0, MAX_FRAME_INDEX) if "frameIndex" in payload else None
     return SearchRequest(
         index_version=model_version(query, served, default, named),
         kind=kind,
         value=value,
         top=top,
         skip=_integer(payload, "skip", 0, 0, max_top - top),
-        filters=_filters(payload.get("filters")),
+        filters=_filters(payload.get("filters"), cfg),
         weight=_weight(payload.get("relevanceWeight")),
         vector_version=vector_version,
-        frame_index=_integer(payload, "frameIndex", None, 0, 1 << 30) if "frameIndex" in payload else None,
+        frame_index=frame,
     )

@@ -1,13 +1,17 @@
 """The search deployment: one per served model version, holding its index and ranking ready vectors.
 
 Ranking is `embedding.api.rank`, the code `embedding search` ranks with (same relevance formula, same
-filters, same refusal of another version's vectors), so both give the same ids, order and scores.
+filters, same refusal of another version's vectors), so both give the same ids, order and scores. Only the
+`uri` of a result differs: `service.result_uri` says how much of it a client sees (ResultUris).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import posixpath
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from ray import serve
@@ -27,10 +31,55 @@ from embedding.service.wire import (
     invalid,
     reply,
 )
+from embedding.store.files import to_url
+from embedding.store.manifest import list_manifest
+
+log = logging.getLogger(__name__)
 
 
 def _missing(inner: str, message: str) -> ApiError:
     return ApiError(404, "NotFound", message, (inner, message))
+
+
+class ResultUris:
+    """The `uri` a search result shows over HTTP (`service.result_uri`).
+
+    The index holds the uri the job resolved: a manifest's relative path joined to the manifest file's
+    folder (for a local manifest, an absolute path of the server), any other uri as the manifest had it.
+    "relative" shows it relative to the folder of a manifest file of the config, else its file name alone
+    (never a host, bucket, folder, credentials or query string); "manifest" shows it whole; "none": null.
+    """
+
+    def __init__(self, mode: str, folders: list[str] | None = None):
+        self.mode = mode
+        # The deepest folder first: a uri under two of them is shown relative to the nearer one.
+        self.prefixes = sorted({f.rstrip("/") + "/" for f in folders or []}, key=len, reverse=True)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ResultUris:
+        mode = cfg.service.result_uri
+        if mode != "relative":
+            return cls(mode)
+        try:  # only listed, never read; the folders are named as the job named them (find_files)
+            listing = list_manifest(cfg.input.manifest, cfg.input.storage_options)
+        except Exception as exc:  # a manifest that is gone or unreachable costs the relative form only
+            log.warning("search results show their uri's file name only: %s", exc)
+            return cls(mode)
+        names = [info["name"] if "://" in info["name"] else to_url(fs, info["name"]) for fs, info in listing]
+        return cls(mode, [posixpath.dirname(name) for name in names])
+
+    def show(self, uri: str | None) -> str | None:
+        if uri is None or self.mode == "none":
+            return None
+        if self.mode == "manifest":
+            return uri
+        if "://" in uri:  # a URL's query string and fragment may hold signatures: never shown
+            uri = urlsplit(uri)._replace(query="", fragment="").geturl()
+        for prefix in self.prefixes:
+            if uri.startswith(prefix):
+                return uri[len(prefix) :]
+        path = urlsplit(uri).path if "://" in uri else uri
+        return posixpath.basename(path.rstrip("/")) or None
 
 
 @serve.deployment
@@ -42,6 +91,7 @@ class SearchDeployment:
         self.version = version
         self.live = LiveIndex(self.cfg, version)
         self.live.watch(self.cfg.service.index_poll_s)
+        self.uris = ResultUris.from_config(self.cfg)
 
     def _index(self) -> Index:
         index = self.live.index
@@ -84,7 +134,7 @@ class SearchDeployment:
         return {
             "modelVersion": self.version,
             "buildId": index.manifest.build_id,
-            "results": [camel_hit(hit.to_dict()) for hit in hits[skip:]],
+            "results": [camel_hit({**hit.to_dict(), "uri": self.uris.show(hit.uri)}) for hit in hits[skip:]],
         }
 
     async def record(self, image_id: str, frame_index: int | None = None) -> dict[str, Any]:

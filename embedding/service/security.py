@@ -37,6 +37,12 @@ def api_key_digests(cfg: ServiceConfig, environ: Mapping[str, str] = os.environ)
     return tuple(sorted({_digest(k.strip()) for k in keys if k.strip()}))
 
 
+def forget_keys_env() -> None:
+    """Remove EMBEDDING_API_KEYS from this process's environment once its digests are taken: every process
+    Ray starts from here (its raylet and workers, Serve's controller and replicas, HAProxy) inherits it."""
+    os.environ.pop(KEYS_ENV, None)
+
+
 def request_key(headers: Mapping[str, str]) -> str | None:
     """The key a request presents: `Ocp-Apim-Subscription-Key: <key>` or `Authorization: Bearer <key>`."""
     key = headers.get("ocp-apim-subscription-key")

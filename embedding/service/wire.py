@@ -10,6 +10,9 @@ changing only their endpoint and key, so its answers are reproduced as they are:
 
 An unknown or missing api-version gets the hosted answer (404, {"error": {"code": "404", "message":
 "Resource not found"}}), as do 401 and 429. Our own routes (search, models, thumbnails) use the same envelope.
+Parameter values are matched as the hosted API matches them, in any case (`LATEST`, `2023-02-01-PREVIEW`).
+Every answer carries `X-Content-Type-Options: nosniff` (NoSniff), so that no browser reads a JSON error or
+a thumbnail as something else.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding.errors import EmbeddingError, ErrorCode
 
@@ -34,6 +38,11 @@ INVALID_MODEL_VERSION = "InvalidModelVersion"  # a model version that is not ser
 VERSION_MISMATCH = "VersionMismatch"  # a vector of one version against the index of another
 INDEX_NOT_FOUND = "IndexNotFound"  # the version is served but has no index (yet)
 IMAGE_NOT_FOUND = "ImageNotFound"  # an image id that is not in the index
+# A request's URL that the source policy refuses (a local path, file://, a private address). The job calls
+# the same refusal of a manifest's row InvalidManifestRow; a caller of the API sent no manifest.
+INVALID_IMAGE_URL = "InvalidImageUrl"
+
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 # The job's codes that describe a bad input: HTTP 400, never 500. The others are the server's fault.
 _BAD_INPUT = frozenset(ErrorCode) - {
@@ -68,9 +77,10 @@ class ApiError(Exception):
         return {"error": error}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(
-            self.body(), status_code=self.status, headers={"x-ms-error-code": self.code, **self.headers}
-        )
+        # nosniff here too, for the errors answered outside NoSniff: the proxy's body-limit refusals
+        # (embedding.service.body) and the 500 of an unexpected exception (Starlette's outermost handler).
+        headers = {"x-ms-error-code": self.code, "X-Content-Type-Options": "nosniff", **self.headers}
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def reply(value: Any = None, error: ApiError | None = None) -> dict[str, Any]:
@@ -103,8 +113,12 @@ def invalid(inner_code: str, message: str, status: int = 400) -> ApiError:
     return ApiError(status, "InvalidRequest", message, (inner_code, message))
 
 
-def from_embedding_error(error: EmbeddingError) -> ApiError:
-    """An input refused by the job's own checks, with the job's error code as the inner code."""
+def from_embedding_error(error: EmbeddingError, request_url: bool = False) -> ApiError:
+    """An input refused by the job's own checks, with the job's error code as the inner code; a URL of the
+    request (`request_url`) that the source policy refuses gets InvalidImageUrl instead of the job's
+    InvalidManifestRow (the job's errors table keeps its code)."""
+    if request_url and error.code == ErrorCode.INVALID_MANIFEST_ROW:
+        return invalid(INVALID_IMAGE_URL, error.message)
     if error.code in _BAD_INPUT:
         return invalid(error.code.value, error.message)
     return ApiError(500, "InternalServerError", error.message, (error.code.value, error.message))
@@ -133,18 +147,32 @@ def too_many_requests(retry_after_s: int) -> ApiError:
     )
 
 
+def unavailable(retry_after_s: int, message: str) -> ApiError:
+    """503 with Retry-After: the service cannot answer now (no replica, or none in time), but will."""
+    return ApiError(503, "ServiceUnavailable", message, headers={"Retry-After": str(retry_after_s)})
+
+
 def check_api_version(query: Mapping[str, str]) -> str:
-    """The request's api-version; a missing or unknown one gets the hosted 404."""
-    version = query.get("api-version")
-    if version not in API_VERSIONS:
+    """The request's api-version (as API_VERSIONS spells it; any case); a missing or unknown one gets the
+    hosted 404."""
+    version = _known(query.get("api-version") or "", API_VERSIONS)
+    if version is None:
         raise not_found()
     return version
 
 
+def _known(name: str, known: list[str] | tuple[str, ...]) -> str | None:
+    """`name` as `known` spells it: the same text, else the one that differs from it in case only."""
+    if name in known:
+        return name
+    return next((k for k in known if k.casefold() == name.casefold()), None)
+
+
 def model_version(query: Mapping[str, str], served: list[str], default: str, body: str | None = None) -> str:
-    """The model version a request names (`model-version` or `modelVersion`; `latest` or none: default)."""
+    """The model version a request names (`model-version` or `modelVersion`; `latest` in any case, or none:
+    default); a served version's name matches in any case too."""
     named = {v for v in (query.get("model-version"), query.get("modelVersion"), body) if v} or {LATEST}
-    versions = {default if name == LATEST else name for name in named}
+    versions = {default if name.casefold() == LATEST else _known(name, served) or name for name in named}
     if len(versions) > 1:
         raise invalid(
             INVALID_ARGUMENT, f"the request names two model versions: {' and '.join(sorted(versions))}"
@@ -194,3 +222,25 @@ def camel_hit(hit: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("video"), dict):
         out["video"] = {_CAMEL.get(key, key): value for key, value in out["video"].items()}
     return out
+
+
+class NoSniff:
+    """ASGI middleware: `X-Content-Type-Options: nosniff` on every answer of the app that lacks it (one
+    place for JSON, thumbnails, originals, the page and the errors)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if all(name.lower() != _NOSNIFF[0] for name, _ in headers):
+                    message = {**message, "headers": [*headers, _NOSNIFF]}
+            await send(message)
+
+        await self.app(scope, receive, with_nosniff)

@@ -29,10 +29,15 @@ def write_embeddings(
     version: str = "demo",
     units: int = 8,
     tags: list[list[str]] | None = None,
+    first: int = 0,
 ) -> list[str]:
-    """Commit vectors as embedding units of a partition, as the job would; returns the image ids."""
+    """Commit vectors as embedding units of a partition, as the job would; returns the image ids.
+
+    `first`: the number of the first image id and of the first unit (`unit<first + u>`), so that a test
+    can commit more units later (an appended manifest file) or commit a unit again (a changed one).
+    """
     n, dim = vectors.shape
-    ids = [f"img-{i:05d}" for i in range(n)]
+    ids = [f"img-{first + i:05d}" for i in range(n)]
     tags = tags or [["even" if i % 2 == 0 else "odd", f"mod3-{i % 3}"] for i in range(n)]
     schemas = OutputSchemas(
         "image",
@@ -59,20 +64,32 @@ def write_embeddings(
             "tags": [tags[i] for i in chunk],
         }
         embeddings = pa.Table.from_pydict(rows, schema=schemas.embeddings())
+        unit = f"unit{first + u:05d}"
         part.commit(
-            f"unit{u:03d}",
+            unit,
             embeddings,
             schemas.errors().empty_table(),
-            {"unit_id": f"unit{u:03d}", "rows_embedded": len(chunk), "rows_failed": 0, "errors_by_code": {}},
+            {"unit_id": unit, "rows_embedded": len(chunk), "rows_failed": 0, "errors_by_code": {}},
         )
     return ids
 
 
-@pytest.fixture
-def index_config(tmp_path: Path, ray_local):
+def _configs(root: Path):
     def make(**index: object) -> Config:
-        overrides = [f"output.root={tmp_path / 'out'}", "model.version=demo"]
+        overrides = [f"output.root={root}", "model.version=demo"]
         overrides += [f"index.{k}={v}" for k, v in index.items()]
         return load_config(None, overrides)
 
     return make
+
+
+@pytest.fixture
+def index_config(tmp_path: Path, ray_local):
+    """Configs of an index on the shared local Ray (fills past index.local_rows run as Ray tasks)."""
+    return _configs(tmp_path / "out")
+
+
+@pytest.fixture
+def local_index_config(tmp_path: Path):
+    """Configs of an index filled in the test's own process: no Ray."""
+    return _configs(tmp_path / "out")

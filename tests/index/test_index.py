@@ -119,7 +119,7 @@ def test_one_index_over_two_versions_is_refused(index_config) -> None:
     other = root / "other"
     write_embeddings(other, clustered(10, 1024, seed=10), version="2022-04-11", units=1)
     src = next((other / "embeddings" / "model_version=2022-04-11").glob("*.parquet"))
-    shutil.copy(src, root / "embeddings" / "model_version=demo" / "part-unit001.parquet")
+    shutil.copy(src, root / "embeddings" / "model_version=demo" / "part-unit00001.parquet")
     with pytest.raises(ConfigError, match=r"two model versions.*'2022-04-11'.*'demo'"):
         build_index(cfg)
 

@@ -177,6 +177,7 @@ def running(cfg: Config, headers: dict[str, str] | None = None) -> Iterator[str]
 class Command:
     url: str
     output: list[str]  # what the command printed until it was ready
+    pid: int
 
 
 def _lines(stream, sink: queue.Queue) -> None:
@@ -185,8 +186,15 @@ def _lines(stream, sink: queue.Queue) -> None:
 
 
 @contextmanager
-def serving_command(cfg: Config, folder: Path, ray_address: str, host: str = "0.0.0.0") -> Iterator[Command]:
-    """`embedding serve CONFIG --host HOST --port PORT` as users run it, joined to the shared local Ray.
+def serving_command(
+    cfg: Config,
+    folder: Path,
+    ray_address: str | None,
+    host: str = "0.0.0.0",
+    env_vars: dict[str, str] | None = None,
+) -> Iterator[Command]:
+    """`embedding serve CONFIG --host HOST --port PORT` as users run it, joined to the shared local Ray
+    (`ray_address` None: it starts a Ray of its own), with `env_vars` added to its environment.
 
     Ready when it prints its "Ctrl-C" line (after the application is up); stopped with SIGINT, as Ctrl-C
     does, which must end it cleanly (exit status 0) and take the service down.
@@ -194,9 +202,13 @@ def serving_command(cfg: Config, folder: Path, ray_address: str, host: str = "0.
     config = folder / "serve.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     port = free_port()
-    env = {**os.environ, "RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("EMBEDDING_API_KEYS", None)
+    env.update(env_vars or {})
     command = [
         sys.executable,
         "-m",
@@ -215,7 +227,7 @@ def serving_command(cfg: Config, folder: Path, ray_address: str, host: str = "0.
     try:
         while not any("Ctrl-C stops the service" in line for line in output):
             output.append(lines.get(timeout=300))
-        yield Command(f"http://127.0.0.1:{port}", output)
+        yield Command(f"http://127.0.0.1:{port}", output, process.pid)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=120) == 0, "`embedding serve` did not end cleanly on SIGINT"
         with pytest.raises(requests.ConnectionError):

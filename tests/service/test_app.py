@@ -10,17 +10,10 @@ from ray.serve.schema import ServeDeploySchema
 
 from embedding.config import Config
 from embedding.errors import ConfigError
-from embedding.service import app as service_app
-from embedding.service.app import (
-    HIGH_THROUGHPUT,
-    build,
-    private_haproxy_files,
-    serve_env,
-    served_versions,
-    stop,
-    uses_haproxy,
-)
+from embedding.service import haproxy as service_haproxy
+from embedding.service.app import build, serve_env, served_versions, stop
 from embedding.service.body import LIMIT_ENV, PROXY_CALLBACK
+from embedding.service.haproxy import HIGH_THROUGHPUT, private_haproxy_files, uses_haproxy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +44,7 @@ def test_what_answers_http(monkeypatch: pytest.MonkeyPatch) -> None:
     env = serve_env(on_linux, haproxy=True)
     assert set(HIGH_THROUGHPUT) <= set(env) and env[LIMIT_ENV] == str(on_linux.limits.max_image_bytes)
     assert int(env["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) > 32 * on_linux.limits.max_image_bytes
-    monkeypatch.setattr(service_app, "haproxy_available", lambda: False)
+    monkeypatch.setattr(service_haproxy, "haproxy_available", lambda: False)
     assert not uses_haproxy(on_linux)  # auto: Serve's Python proxy
     with pytest.raises(ConfigError, match="no HAProxy was found"):
         uses_haproxy(Config.model_validate({"service": {"proxy": "haproxy"}}))
@@ -74,7 +67,7 @@ def test_haproxys_files_go_to_a_folder_only_this_user_can_enter(ray_local) -> No
     env = private_haproxy_files()  # the shared local Ray: every node is this machine
     folder = Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
     assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
-    for name in service_app.HAPROXY_FILES:
+    for name in service_haproxy.HAPROXY_FILES:
         assert Path(env[name]).parent == folder
         # Ray adds a folder of 56 characters; HAProxy refuses socket paths over 97.
         assert len(env[name]) + 57 <= 97

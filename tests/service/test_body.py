@@ -8,7 +8,7 @@ import json
 import pytest
 from starlette.requests import Request
 
-from embedding.service.body import SMALL_BODY, BodyLimits, ProxyBodyLimit, read_body
+from embedding.service.body import SMALL_BODY, BodyLimits, ProxyBodyLimit, json_object, read_body
 from embedding.service.wire import ApiError
 
 LIMITS = BodyLimits(image_bytes=1000)
@@ -95,9 +95,34 @@ def test_the_proxy_middleware_refuses_at_the_limit() -> None:
     declared = Client([b"x" * 600] * 100)
     asyncio.run(middleware(scope(IMAGE_PATH, {"Content-Length": "60000"}), declared.receive, declared.send))
     assert declared.answer()[0] == 400 and declared.taken == 0
+    # The proxy's refusals never pass the ingress's NoSniff: they carry the header themselves.
+    start = next(m for m in declared.sent if m["type"] == "http.response.start")
+    assert (b"x-content-type-options", b"nosniff") in start["headers"]
     text = Client([b"x" * (SMALL_BODY + 1)])
     asyncio.run(middleware(scope("/computervision/retrieval:vectorizeText"), text.receive, text.send))
     assert text.answer()[1]["error"]["innererror"]["code"] == "InvalidArgument"
     other = Client([b"x" * 5000])  # not one of our routes: untouched
     asyncio.run(middleware(scope("/elsewhere"), other.receive, other.send))
     assert other.answer() == (200, {"size": 5000})
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 30_000 + b"]" * 30_000, "nests JSON arrays or objects too deeply"),
+        (b'{"text": ' + b"[" * 30_000, "nests JSON arrays or objects too deeply"),
+        (b'{"a": ' * 30_000 + b"1" + b"}" * 30_000, "nests JSON arrays or objects too deeply"),
+        (b'{"top": NaN}', "NaN is not a JSON value"),
+        (b'{"relevanceWeight": -Infinity}', "-Infinity is not a JSON value"),
+        (b'{"top": ' + b"9" * 5000 + b"}", "a number has more than 4300 digits"),
+        (b'{"text": "a cat"', "not valid JSON: Expecting ',' delimiter (line 1, column 17)"),
+        (b"\xff\xfe\x00", "not valid JSON"),
+        (b'["a", "list"]', "must be a JSON object"),
+    ],
+)
+def test_json_bodies_that_are_not_objects_are_400(body: bytes, says: str) -> None:
+    with pytest.raises(ApiError) as info:
+        json_object(body)
+    assert info.value.status == 400 and info.value.code == "InvalidRequest"
+    assert info.value.inner[0] == "InvalidArgument" and says in info.value.message
+    assert json_object(b'{"text": "a cat", "top": 1e39}') == {"text": "a cat", "top": 1e39}  # still JSON

@@ -199,8 +199,9 @@ def _png(width: int, height: int) -> bytes:
         (IMAGE, {"data": b"this is not an image"}, "InvalidImageFormat"),
         (IMAGE, {"data": b""}, "InvalidImageFormat"),
         (IMAGE, {"data": _png(8, 200)}, "InvalidImageDimension"),
-        (IMAGE, {"json": {"url": "/etc/passwd"}}, "InvalidManifestRow"),
-        (IMAGE, {"json": {"url": "file:///etc/passwd"}}, "InvalidManifestRow"),
+        (IMAGE, {"json": {"url": "/etc/passwd"}}, "InvalidImageUrl"),
+        (IMAGE, {"json": {"url": "file:///etc/passwd"}}, "InvalidImageUrl"),
+        (IMAGE, {"json": {"url": "http://169.254.169.254/latest/meta-data"}}, "InvalidImageUrl"),
         (IMAGE, {"json": {"nourl": "x"}}, "InvalidArgument"),
     ],
 )
@@ -209,6 +210,48 @@ def test_bad_input_is_400_in_the_envelope(endpoint: str, route: str, kwargs: dic
     headers = {**headers, **kwargs.pop("headers", {})}
     response = requests.post(urljoin(endpoint, route), params=params, headers=headers, **kwargs)
     assert_envelope(response, 400, inner)
+
+
+JSON = {"Content-Type": "application/json"}
+DEEP = b"[" * 30_000 + b"]" * 30_000
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "says"),
+    [
+        (TEXT, DEEP, "nests JSON arrays or objects too deeply"),
+        (TEXT, b'{"text": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "too deeply"),
+        (IMAGE, b'{"url": ' + b'{"a": ' * 30_000 + b"1" + b"}" * 30_001, "too deeply"),
+        (TEXT, b'{"text": NaN}', "NaN is not a JSON value"),
+        (IMAGE, b'{"url": Infinity}', "Infinity is not a JSON value"),
+        (TEXT, b'{"text": ' + b"9" * 5000 + b"}", "a number has more than 4300 digits"),
+    ],
+)
+def test_json_that_python_cannot_take_is_400(endpoint: str, route: str, body: bytes, says: str) -> None:
+    params, headers = bearer()
+    response = requests.post(urljoin(endpoint, route), params=params, data=body, headers={**headers, **JSON})
+    assert says in assert_envelope(response, 400, "InvalidArgument")["message"]
+    text = requests.post(urljoin(endpoint, TEXT), params=params, json={"text": "a cat"}, headers=headers)
+    assert text.status_code == 200  # the replica is as healthy as before
+
+
+def test_case_insensitive_values_nosniff_and_head(endpoint: str, served: Served) -> None:
+    _, headers = bearer()
+    params = {"api-version": "2023-02-01-PREVIEW", "model-version": "LATEST"}
+    text = requests.post(
+        urljoin(endpoint, TEXT), params=params, json={"text": "a red circle"}, headers=headers
+    )
+    assert text.status_code == 200 and text.json()["modelVersion"] == "demo"
+    assert cosine(text.json()["vector"], served.text_vectors["a red circle"]) >= 0.9999
+    refused = requests.post(urljoin(endpoint, TEXT), params=params, json={"text": 5}, headers=headers)
+    unknown = requests.post(urljoin(endpoint, "nothing"), headers=headers)
+    for answer in (text, refused, unknown):  # every answer, the errors too
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("", "healthz"):
+        got, head = requests.get(urljoin(endpoint, path)), requests.head(urljoin(endpoint, path))
+        assert head.status_code == got.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_url_failures_are_400(endpoint: str, files: ImageServer) -> None:

@@ -21,9 +21,11 @@ from PIL import Image
 
 from embedding import cli
 from embedding.api import Vector, search
+from embedding.config import Config
 from embedding.index.build import build_index
 from embedding.index.store import index_dir, read_manifest
 from embedding.service.app import start, stop
+from embedding.service.searcher import ResultUris
 from tests.service.conftest import GONE_ID, INLINE_ID, Served, copy_root, free_port, wait_until
 from tests.support.http_server import ImageServer
 
@@ -59,10 +61,13 @@ def cli_search(capsys: pytest.CaptureFixture, config_file: Path, *args: str) -> 
 
 
 def assert_same_ranking(http: list[dict], expected: list[dict]) -> None:
-    """Same ids in the same order, and the same scores (the query vector may differ in the last bits)."""
+    """Same ids in the same order, and the same scores (the query vector may differ in the last bits).
+    The command prints whole uris; the service (service.result_uri: relative) shows the sample's, which
+    lie outside the manifest's folder, by their file name."""
     assert [r["imageId"] for r in http] == [r["image_id"] for r in expected]
     for got, want in zip(http, expected, strict=True):
-        assert got["uri"] == want["uri"] and got["tags"] == want["tags"] and got["caption"] == want["caption"]
+        assert got["uri"] == (Path(want["uri"]).name if want["uri"] else None)
+        assert got["tags"] == want["tags"] and got["caption"] == want["caption"]
         for ours, theirs in (
             ("cosine", "cosine"),
             ("metadataScore", "metadata_score"),
@@ -160,12 +165,17 @@ def test_pages_of_results(setup) -> None:
         ({"text": "a cat", "top": 0}, "InvalidArgument"),
         ({"text": "a cat", "top": 5000}, "InvalidArgument"),
         ({"text": "a cat", "filters": {"nope": "x"}}, "InvalidArgument"),
+        ({"text": "a cat", "top": 10**30}, "InvalidArgument"),
+        ({"text": "a cat", "relevanceWeight": 1e308}, "InvalidArgument"),
+        ({"imageId": "s0-000001", "frameIndex": 10**30}, "InvalidArgument"),
+        ({"vector": [1e39] + [0.0] * 1023, "modelVersion": "demo"}, "InvalidArgument"),
+        ({"vector": [0.0] * 1024, "modelVersion": "demo"}, "InvalidArgument"),
         ({"text": "a cat", "filters": {"tags": 3}}, "InvalidArgument"),
         ({"text": "a cat", "relevanceWeight": 2}, "InvalidArgument"),
         ({"text": "a cat", "colour": "red"}, "InvalidArgument"),
         ({"image": "***"}, "InvalidArgument"),
         ({"image": base64.b64encode(b"not an image").decode()}, "InvalidImageFormat"),
-        ({"url": "/etc/passwd"}, "InvalidManifestRow"),
+        ({"url": "/etc/passwd"}, "InvalidImageUrl"),
         ({"text": " ".join(["word"] * 71)}, "InvalidText"),
     ],
 )
@@ -175,6 +185,51 @@ def test_bad_searches_are_400(setup, body: dict, inner: str) -> None:
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["innererror"]["code"] == inner
     assert answer.headers["x-ms-error-code"] == "InvalidRequest"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 30_000 + b"]" * 30_000, "nests JSON arrays or objects too deeply"),
+        (b'{"vector": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "too deeply"),
+        (b'{"text": "a cat", "top": NaN}', "NaN is not a JSON value"),
+        (b'{"text": "a cat", "relevanceWeight": 1e999}', "'relevanceWeight' must be a number from 0 to 1"),
+        (b'{"text": "a cat", "top": 1e999}', "'top' must be an integer from 1 to 1000"),
+        (b'{"vector": [1e39, 0.5], "modelVersion": "demo"}', "'vector'[0] is 1e+39"),
+        (b'{"vector": [0, 0], "modelVersion": "demo"}', "'vector' is all zeros"),
+        (b'{"text": "a cat", "filters": {"nope": "x"}}', "filter on 'nope': no such metadata column"),
+    ],
+)
+def test_bad_searches_say_what_is_wrong(setup, body: bytes, says: str) -> None:
+    url, _, _, _ = setup
+    headers = {"Content-Type": "application/json"}
+    answer = requests.post(f"{url}/retrieval:search", data=body, headers=headers, timeout=60)
+    assert answer.status_code == 400 and answer.headers["x-ms-error-code"] == "InvalidRequest", answer.text
+    error = answer.json()["error"]
+    assert error["innererror"]["code"] == "InvalidArgument" and says in error["message"]
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def uris(manifest: Path, mode: str = "relative") -> ResultUris:
+    cfg = {"input": {"manifest": str(manifest)}, "service": {"result_uri": mode}}
+    return ResultUris.from_config(Config.model_validate(cfg))
+
+
+def test_result_uris_hide_the_servers_folders(tmp_path: Path) -> None:
+    manifest = tmp_path / "m" / "images.parquet"
+    manifest.parent.mkdir()
+    manifest.write_bytes(b"")  # listed, never read
+    inside, outside = str(tmp_path / "m" / "cats" / "a.jpg"), str(tmp_path / "b.jpg")
+    relative = uris(manifest)
+    assert relative.show(inside) == "cats/a.jpg" and relative.show(outside) == "b.jpg"
+    assert relative.show("https://user:secret@host/x/c.jpg?sig=abc#f") == "c.jpg"
+    assert relative.show(None) is None
+    assert uris(tmp_path / "gone.parquet").show(inside) == "a.jpg"  # no manifest: file names
+    remote = ResultUris("relative", ["s3://bucket/m", "s3://bucket/m/deeper"])
+    assert remote.show("s3://bucket/m/deeper/d.jpg") == "d.jpg"  # the nearer folder
+    assert remote.show("s3://bucket/m/e/f.jpg?x=1") == "e/f.jpg"
+    assert uris(manifest, "manifest").show(inside) == inside
+    assert uris(manifest, "none").show(inside) is None
 
 
 def test_models_route(setup, served: Served) -> None:
@@ -211,6 +266,11 @@ def test_thumbnails_come_from_the_indexed_source(setup, served: Served) -> None:
     gone = requests.get(f"{url}/retrieval/thumbnails/{GONE_ID}", timeout=30)
     assert gone.status_code == 200 and gone.headers["X-Thumbnail-Placeholder"] == "NotFound"
     assert max(_jpeg_size(gone.content)) <= 256
+    assert all(r.headers["X-Content-Type-Options"] == "nosniff" for r in (answer, inline, gone))
+    for frame in ("9" * 30, "-1", "²"):  # OverflowError, ValueError: never a 500
+        bad = requests.get(f"{url}/retrieval/thumbnails/{image_id}", params={"frameIndex": frame}, timeout=30)
+        assert bad.status_code == 400 and bad.headers["x-ms-error-code"] == "InvalidRequest"
+        assert "'frameIndex' (query parameter)" in bad.json()["error"]["innererror"]["message"]
     unknown = requests.get(f"{url}/retrieval/thumbnails/..%2F..%2Fetc%2Fpasswd", timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["innererror"]["code"] == "ImageNotFound"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from embedding.errors import EmbeddingError, ErrorCode
 from embedding.service.wire import (
     ApiError,
+    NoSniff,
     camel_hit,
     check_api_version,
     from_embedding_error,
@@ -27,7 +29,9 @@ SERVED = ["demo", "rn50-openai"]
 def test_api_versions() -> None:
     assert check_api_version({"api-version": "2024-02-01"}) == "2024-02-01"
     assert check_api_version({"api-version": "2023-02-01-preview"}) == "2023-02-01-preview"
-    for query in ({"api-version": "2023-04-01"}, {}):
+    # The hosted API's values match in any case; the version is given back as the API spells it.
+    assert check_api_version({"api-version": "2023-02-01-PREVIEW"}) == "2023-02-01-preview"
+    for query in ({"api-version": "2023-04-01"}, {"api-version": " 2024-02-01"}, {"api-version": ""}, {}):
         with pytest.raises(ApiError) as info:
             check_api_version(query)
         assert info.value.status == 404
@@ -39,6 +43,10 @@ def test_model_version_names() -> None:
     assert model_version({"model-version": "latest"}, SERVED, "demo") == "demo"
     assert model_version({"modelVersion": "rn50-openai"}, SERVED, "demo") == "rn50-openai"
     assert model_version({"model-version": "demo", "modelVersion": "latest"}, SERVED, "demo") == "demo"
+    for latest in ("LATEST", "Latest"):  # values are case-insensitive, as the hosted API's are
+        assert model_version({"model-version": latest}, SERVED, "rn50-openai") == "rn50-openai"
+    assert model_version({"modelVersion": "RN50-OpenAI"}, SERVED, "demo") == "rn50-openai"
+    assert model_version({"model-version": "DEMO"}, SERVED, "demo", body="demo") == "demo"
     with pytest.raises(ApiError) as info:
         model_version({"model-version": "2023-04-15"}, SERVED, "demo")
     assert info.value.status == 400 and info.value.inner[0] == "InvalidModelVersion"
@@ -64,6 +72,43 @@ def test_the_envelope() -> None:
         assert status == (500 if code in ("EmbeddingNotFinite", "EncodeFailed", "WorkerCrashed") else 400)
     busy = too_many_requests(2).response()
     assert busy.status_code == 429 and busy.headers["Retry-After"] == "2"
+    assert busy.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_refused_request_url_is_not_a_manifest_row() -> None:
+    refused = EmbeddingError(ErrorCode.INVALID_MANIFEST_ROW, "network rule: 127.0.0.1 is a loopback address")
+    online = from_embedding_error(refused, request_url=True)
+    assert (online.status, online.code, online.inner) == (
+        400,
+        "InvalidRequest",
+        ("InvalidImageUrl", refused.message),
+    )
+    assert from_embedding_error(refused).inner[0] == "InvalidManifestRow"  # the job's code, elsewhere
+    missing = from_embedding_error(EmbeddingError(ErrorCode.NOT_FOUND, "gone"), request_url=True)
+    assert missing.inner[0] == "NotFound"  # other codes are the job's, URL or not
+
+
+def _headers_through_nosniff(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers an answer leaves NoSniff with, and that its body still follows."""
+    sent: list[dict] = []
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(NoSniff(app)({"type": "http", "path": "/"}, None, send))
+    assert sent[1] == {"type": "http.response.body", "body": b"x"}
+    return sent[0]["headers"]
+
+
+def test_nosniff_on_every_answer_once() -> None:
+    added = _headers_through_nosniff([(b"content-type", b"image/jpeg")])
+    assert added == [(b"content-type", b"image/jpeg"), (b"x-content-type-options", b"nosniff")]
+    kept = [(b"X-Content-Type-Options", b"nosniff")]
+    assert _headers_through_nosniff(kept) == kept
 
 
 def test_replies_carry_errors_as_data() -> None:
