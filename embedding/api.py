@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedding.config import Config
-from embedding.errors import EmbeddingError, ErrorCode
+from embedding.errors import ConfigError, EmbeddingError, ErrorCode
 from embedding.fetch.sources import check_size, fetch
 from embedding.fetch.uripolicy import SourceSettings, resolve_uri
 from embedding.index.relevance import metadata_score, relevance
@@ -127,28 +127,41 @@ def search(
     image: bool = False,
     index: Index | None = None,
     source: SourceSettings | None = None,
+    sink: str | None = None,
 ) -> list[Hit]:
     """Top results for a text, an image (path, URL or bytes, with image=True) or a vector.
 
     The query is embedded with the index's own model version; a Vector of another version is refused.
     Filters on carried metadata apply before the cut to `top`. An image path or URL follows the source
-    policy of `source`, as in `vectorize_image`.
+    policy of `source`, as in `vectorize_image`. `sink`: search the table of the config's sink of that
+    name instead of the index (exact search there, unless the sink has a vector index), ranked alike.
     """
+    if sink is not None:
+        return _search_sink(query, cfg, sink, top, filters, image, source)
     index = index or Index.for_version(cfg.output.root, cfg.model.version, cfg.output.storage_options)
     version = index.manifest.model_version
     if version == cfg.model.version:
         where = f"the index of model version '{version}' under {cfg.output.root}"
         check_same(index.manifest.identity, identity_for(cfg), where, SEARCH_FIELDS)
-    text = None
     if isinstance(query, Vector):
         index.check_version(query.model_version)
-        vector = query
-    elif image or isinstance(query, bytes):
-        vector = vectorize_image(query, cfg, version, source)
-    else:
-        text = str(query)
-        vector = vectorize_text(text, cfg, version)
+    vector, text = _query_vector(query, cfg, version, image, source)
     return rank(index, vector, cfg, top, filters, text)
+
+
+def _query_vector(
+    query: str | Vector | bytes | os.PathLike,
+    cfg: Config,
+    version: str,
+    image: bool,
+    source: SourceSettings | None,
+) -> tuple[Vector, str | None]:
+    """The query as a vector of `version`, and its text when it is one (for the metadata score)."""
+    if isinstance(query, Vector):
+        return query, None
+    if image or isinstance(query, bytes):
+        return vectorize_image(query, cfg, version, source), None
+    return vectorize_text(str(query), cfg, version), str(query)
 
 
 def rank(
@@ -165,16 +178,26 @@ def rank(
     """
     index.check_version(vector.model_version)
     top = top or cfg.search.top
-    weight = cfg.search.relevance_weight
     grouping = cfg.search.group_videos and "frame_time_s" in index.manifest.metadata_columns
-    # Relevance re-orders a pool of the best cosine candidates; weight 0 keeps the cosine order. Grouping
-    # frames into segments needs a pool well above `top`, or one video's frames would fill it.
-    pool = max(top, cfg.search.pool) if (weight > 0 and text) or grouping else top
-    if grouping:
-        pool = max(pool, 10 * top)
+    pool = _pool(cfg, top, text, grouping)
+    found = [(c.cosine, index.metadata(c)) for c in index.nearest(vector.values, pool, filters)]
+    return _ranked(found, cfg, top, text, grouping)
+
+
+def _pool(cfg: Config, top: int, text: str | None, grouping: bool) -> int:
+    """How many cosine candidates relevance re-orders: weight 0 keeps the cosine order. Grouping frames
+    into segments needs a pool well above `top`, or one video's frames would fill it."""
+    pool = max(top, cfg.search.pool) if (cfg.search.relevance_weight > 0 and text) or grouping else top
+    return max(pool, 10 * top) if grouping else pool
+
+
+def _ranked(
+    found: list[tuple[float, dict[str, Any]]], cfg: Config, top: int, text: str | None, grouping: bool
+) -> list[Hit]:
+    """Hits of (cosine, metadata) candidates, by relevance (cosine and metadata score), cut to `top`."""
+    weight = cfg.search.relevance_weight
     hits = []
-    for candidate in index.nearest(vector.values, pool, filters):
-        meta = index.metadata(candidate)
+    for cosine, meta in found:
         if meta.get("frame_time_s") is None:
             meta = {k: v for k, v in meta.items() if k not in ("frame_time_s", "frame_index")}
         score = metadata_score(text, meta.get("caption"), meta.get("tags")) if text else 0.0
@@ -182,9 +205,9 @@ def rank(
             Hit(
                 str(meta.get("image_id")),
                 meta.get("uri"),
-                candidate.cosine,
+                cosine,
                 score,
-                relevance(candidate.cosine, score, weight),
+                relevance(cosine, score, weight),
                 meta,
             )
         )
@@ -234,3 +257,32 @@ def _segments(hits: list[Hit], cfg: Config) -> list[Hit]:
         else:
             out.append(images[result.item_id])
     return out
+
+
+def _search_sink(
+    query: str | Vector | bytes | os.PathLike,
+    cfg: Config,
+    name: str,
+    top: int | None,
+    filters: dict[str, str] | None,
+    image: bool,
+    source: SourceSettings | None,
+) -> list[Hit]:
+    """`search` against a sink's table of cfg.model.version, with the same relevance formula."""
+    from embedding.sinks.deliver import open_sink
+
+    config = next((s for s in cfg.sinks if s.name == name), None)
+    if config is None:
+        raise ConfigError(f"no sink named {name} (sinks: {', '.join(s.name for s in cfg.sinks) or 'none'})")
+    version = cfg.model.version
+    if isinstance(query, Vector) and query.model_version != version:
+        raise ConfigError(f"the query is of model version '{query.model_version}', the sink's is '{version}'")
+    vector, text = _query_vector(query, cfg, version, image, source)
+    top = top or cfg.search.top
+    grouping = cfg.search.group_videos
+    sink = open_sink(config, version)
+    try:
+        found = sink.nearest(vector.values, _pool(cfg, top, text, grouping), filters or {})
+    finally:
+        sink.close()
+    return _ranked(found, cfg, top, text, grouping)

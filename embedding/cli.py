@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from embedding.errors import ConfigError, EmbeddingError
+from embedding.errors import ConfigError, EmbeddingError, SinkError
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -144,7 +144,14 @@ def _search(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either a query TEXT or --image PATH_OR_URL")
     query = args.image if args.image is not None else args.text
-    hits = search(query, cfg, top=args.top, filters=_parse_filters(args.filter), image=args.image is not None)
+    hits = search(
+        query,
+        cfg,
+        top=args.top,
+        filters=_parse_filters(args.filter),
+        image=args.image is not None,
+        sink=args.sink,
+    )
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
         return 0
@@ -202,6 +209,32 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         handle(signal.SIG_IGN)
         stop()
+    return 0
+
+
+def _sink(args: argparse.Namespace) -> int:
+    """Bring the config's sinks (or the named ones) up to date with the committed units."""
+    import secrets
+
+    from embedding.config_file import load_config
+    from embedding.sinks.deliver import deliver
+    from embedding.store.lease import Lease
+    from embedding.store.partition import Partition
+
+    cfg = load_config(args.config, args.set or [])
+    unknown = set(args.name or []) - {s.name for s in cfg.sinks}
+    if unknown or not cfg.sinks:
+        have = ", ".join(s.name for s in cfg.sinks) or "none"
+        raise ConfigError(f"no sink named {', '.join(sorted(unknown)) or 'in the config'} (sinks: {have})")
+    partition = Partition(cfg.output.root, "image", cfg.model.version, cfg.output.storage_options)
+    run_id = "sink-" + secrets.token_hex(4)
+    with Lease(partition, run_id, cfg.run.lease_timeout_s, purpose="sink delivery"):
+        done = deliver(cfg, on_ray=False, names=args.name)
+    for name, what in done.items():
+        print(
+            f"sink {name}: {what['written_units']} units ({what['written_rows']} rows) written, "
+            f"{what['retired_units']} retired, in {what['seconds']} s"
+        )
     return 0
 
 
@@ -270,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep rows whose metadata column equals (or, for lists, contains) VALUE",
     )
     search.add_argument("--json", action="store_true")
+    search.add_argument("--sink", metavar="NAME", help="search this sink's table instead of the index")
     search.add_argument(
         "--group-videos",
         action=argparse.BooleanOptionalAction,
@@ -288,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--set", action="append", metavar="KEY=VALUE")
     serve.set_defaults(func=_serve)
 
+    sink = commands.add_parser("sink", help="bring the config's sinks up to date with the committed units")
+    sink.add_argument("config")
+    sink.add_argument("--name", action="append", help="only this sink (repeatable)")
+    sink.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sink.set_defaults(func=_sink)
     demo = commands.add_parser("demo", help="make the sample data if missing, then run configs/local.yaml")
     demo.add_argument("--config", default="configs/local.yaml")
     demo.add_argument("--count", type=int, default=384, help="sample images to make when missing")
@@ -306,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, EmbeddingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SinkError as exc:  # the embeddings are committed; a sink is behind
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -58,3 +58,8 @@ class EmbeddingError(Exception):
 
 class ConfigError(Exception):
     """A bad config, manifest layout or model version: raised at start, before any work."""
+
+
+class SinkError(RuntimeError):
+    """A sink could not be written (database down, auth refused, a table of another version): the
+    embeddings are committed, and the next run or `embedding sink` brings the sink up to date."""

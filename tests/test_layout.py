@@ -13,7 +13,7 @@ LAYERS = [
     {"store", "fetch"},
     {"media"},
     {"models"},
-    {"stages", "index", "demo"},
+    {"stages", "index", "demo", "sinks"},
     {"job", "api"},
     {"service"},
     {"cli", ""},  # "": the package's own __init__ (the lazy `embedding.search` & co.)

@@ -11,6 +11,8 @@ encoded with its text tower in this process.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -68,7 +70,14 @@ def text_probes(cfg: Config, manifest: IndexManifest) -> np.ndarray | None:
         if len(vectors):
             picks = np.random.default_rng(0).choice(len(vectors), min(count, len(vectors)), replace=False)
             return vectors[np.sort(picks)]
+    return _phrases(cfg.model.version, cfg.model_dump_json(include={"model", "inference"}), count)
+
+
+@lru_cache(maxsize=2)
+def _phrases(version: str, settings: str, count: int) -> np.ndarray:
+    """The fixed descriptions encoded by the version's text tower (once per process and version)."""
     from embedding.stages.encode import Encoder  # torch loads only where a probe needs the model
 
-    encoder = Encoder(cfg.model.version, cfg.model, cfg.inference)
+    cfg = Config.model_validate_json(settings)
+    encoder = Encoder(version, cfg.model, cfg.inference)
     return encoder.encode_texts((PHRASES * (count // len(PHRASES) + 1))[:count])

@@ -191,5 +191,18 @@ def run(cfg: Config, phases: Phases | None = None) -> dict[str, Any]:
         summary["executor"] = executor
         if index is not None:
             summary["index"] = index
+        failed = None
+        if cfg.sinks and job.kind == "image":
+            from embedding.errors import SinkError
+            from embedding.sinks.deliver import deliver
+
+            try:
+                summary["sinks"] = deliver(cfg, on_ray=executor == "ray")
+            except SinkError as exc:  # after the commit: nothing embedded is lost
+                summary["sinks"], failed = {"error": str(exc)}, exc
+            phases.end("sinks")
+            summary["phases_s"] = phases.to_dict()
         save_summary(cfg, run_id, summary)
+    if failed is not None:
+        raise failed
     return summary

@@ -98,7 +98,7 @@ def test_append_retire_and_change_update_an_exact_index(local_index_config, tmp_
     ("kind", "settings"),
     [
         ("hnsw", {"kind": "hnsw"}),
-        ("ivfpq", {"factory": "'OPQ16_64,IVF32,PQ16x4'", "rerank": 100, "nprobe": 8}),
+        ("ivfpq", {"factory": "'IVF32,PQ16x4'", "rerank": 100, "nprobe": 8}),
     ],
 )
 def test_updates_of_compressed_indexes_keep_the_rebuilds_recall(
@@ -109,17 +109,17 @@ def test_updates_of_compressed_indexes_keep_the_rebuilds_recall(
         shards=2, compact_at=10, self_check_queries=40, self_check_texts=4, min_recall=0.5, **settings
     )
     root = Path(cfg.output.root)
-    vectors = clustered(3000, DIM, seed=5)
-    write_embeddings(root, vectors, units=6)
+    vectors = clustered(2000, DIM, seed=5)
+    write_embeddings(root, vectors, units=4)
     build_index(cfg)
-    added = clustered(300, DIM, seed=6)
+    added = clustered(200, DIM, seed=6)
     write_embeddings(root, added, units=1, first=5000)
     _retire(cfg, ["unit00001"])
     update = build_index(cfg)
     assert update.change.action == "update", update.change
     assert update.self_check["new_rows_queries"] > 0 and update.self_check["text_queries"] == 4
-    live = np.concatenate([vectors[:500], vectors[1000:], added])
-    live_ids = [f"img-{i:05d}" for i in [*range(500), *range(1000, 3000), *range(5000, 5300)]]
+    live = np.concatenate([vectors[:500], vectors[1000:], added])  # unit00001 retired
+    live_ids = [f"img-{i:05d}" for i in [*range(500), *range(1000, 2000), *range(5000, 5200)]]
     queries = clustered(40, DIM, seed=7)
     truth = [{live_ids[i] for i in np.argsort(-(live @ q))[:10]} for q in queries]
 
@@ -159,6 +159,7 @@ def test_compaction_and_retraining_thresholds(local_index_config) -> None:
     } and named  # only the builds index.json names are left
 
 
+@pytest.mark.slow  # a process of its own (embedding index, embedding sink, a job)
 def test_small_fills_do_not_start_ray(local_index_config) -> None:
     """An index of a small collection is built in the index stage's own process (index.local_rows)."""
     cfg = local_index_config(shards=2)
@@ -186,6 +187,7 @@ def _index_command(cfg: Config, folder: Path, faults: str = "") -> subprocess.Co
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # a process of its own (embedding index, embedding sink, a job)
 @pytest.mark.parametrize("point", ["index.after_shards", "index.after_switch"])
 @pytest.mark.parametrize("change", ["update", "compaction"])
 def test_a_kill_at_any_step_leaves_the_old_index_or_the_new_one(
