@@ -20,6 +20,9 @@ Method, all in one run on this machine:
 5. Memory: bytes per vector of the FAISS indexes' own memory (shard `.faiss` sizes, and the RSS growth of
    reading them whole with `faiss.read_index`), and apart from it the id/metadata maps (file and in-RAM
    Arrow size) and the memory-mapped re-ranking vectors (on disk).
+
+`--incremental` measures instead the index's updates (append 1%, retire 1%, append 10%) against full
+rebuilds of the same units (issue 22): see benchmarks/incremental.py.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
+from embedding.config import Config
 from embedding.config_file import load_config
 from embedding.index.build import build_index
 from embedding.index.search import Index
@@ -65,15 +69,30 @@ class Mixture:
         return points
 
 
-def commit_units(root: Path, mixture: Mixture, rows: int, unit_rows: int) -> np.ndarray:
-    """Commit the data as embedding units (as the job would); returns a float32 memmap of it."""
+def unit_id(number: int) -> str:
+    return f"unit{number:05d}"
+
+
+def commit_units(
+    root: Path,
+    mixture: Mixture,
+    rows: int,
+    unit_rows: int,
+    first_row: int = 0,
+    first_unit: int = 0,
+    file: str = "vectors.f32.npy",
+) -> np.ndarray:
+    """Commit the data as embedding units (as the job would); returns a float32 memmap of it (root/file).
+
+    Image ids run from img-{first_row}, unit ids from unit{first_unit}; unit n is drawn with seed 1 + n.
+    """
     schemas = OutputSchemas("image", DIM, "float32", [], file_metadata({"model_version": VERSION}))
     part = Partition(str(root / "out"), "image", VERSION)
-    vectors = np.lib.format.open_memmap(root / "vectors.f32.npy", "w+", np.float32, (rows, DIM))
-    for unit, start in enumerate(range(0, rows, unit_rows)):
-        chunk = mixture.draw(min(unit_rows, rows - start), seed=1 + unit)
+    vectors = np.lib.format.open_memmap(root / file, "w+", np.float32, (rows, DIM))
+    for number, start in enumerate(range(0, rows, unit_rows), start=first_unit):
+        chunk = mixture.draw(min(unit_rows, rows - start), seed=1 + number)
         vectors[start : start + len(chunk)] = chunk
-        n, ids = len(chunk), range(start, start + len(chunk))
+        n, ids = len(chunk), range(first_row + start, first_row + start + len(chunk))
         table = pa.Table.from_pydict(
             {
                 "image_id": [f"img-{i:07d}" for i in ids],
@@ -90,8 +109,9 @@ def commit_units(root: Path, mixture: Mixture, rows: int, unit_rows: int) -> np.
             },
             schema=schemas.embeddings(),
         )
-        marker = {"unit_id": f"unit{unit:05d}", "rows_embedded": n, "rows_failed": 0, "errors_by_code": {}}
-        part.commit(f"unit{unit:05d}", table, schemas.errors().empty_table(), marker)
+        unit = unit_id(number)
+        marker = {"unit_id": unit, "rows_embedded": n, "rows_failed": 0, "errors_by_code": {}}
+        part.commit(unit, table, schemas.errors().empty_table(), marker)
     vectors.flush()
     return vectors
 
@@ -115,11 +135,32 @@ def one_at_a_time(search: Callable[[np.ndarray], object], queries: np.ndarray) -
     return len(queries) / (time.perf_counter() - started), results
 
 
-def measure(index: Index, queries: np.ndarray, truth: np.ndarray, ids: list[np.ndarray]) -> dict:
-    """One-thread QPS and recall@k of `Index.nearest`, one query at a time."""
+def measure(
+    index: Index,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    ids: list[np.ndarray],
+    retired: np.ndarray | None = None,
+) -> dict:
+    """One-thread QPS and recall@k of `Index.nearest`, one query at a time (and, given the ids of retired
+    rows, how many of those it returned)."""
     qps, found = one_at_a_time(lambda q: [ids[c.shard][c.row] for c in index.nearest(q, K)], queries)
     recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)])
-    return {"recall_at_10": round(float(recall), 4), "qps_one_thread": round(qps, 1)}
+    out = {"recall_at_10": round(float(recall), 4), "qps_one_thread": round(qps, 1)}
+    if retired is not None:
+        out["retired_returned"] = int(np.isin(np.concatenate([np.asarray(f) for f in found]), retired).sum())
+    return out
+
+
+def shard_ids(index: Index) -> list[np.ndarray]:
+    """Per shard, the integer image id of each row (img-0000042 -> 42), tombstoned rows included."""
+    return [np.array([int(i[4:]) for i in s.meta.column("image_id").to_pylist()]) for s in index.shards]
+
+
+def bench_config(root: Path, args: argparse.Namespace) -> Config:
+    """The job's config for an output root: the demo version, --budget-mb and the --set overrides."""
+    overrides = [f"output.root={root}", f"model.version={VERSION}"]
+    return load_config(None, [*overrides, f"index.memory_budget_mb={args.budget_mb}", *args.set])
 
 
 def index_memory(folder: Path, index: Index) -> dict:
@@ -155,14 +196,26 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. index.nprobe=16")
     parser.add_argument("--flat-queries", type=int, default=100, help="queries timed on IndexFlatIP")
     parser.add_argument("--sweep", default="", help="more nprobe:rerank pairs to measure, e.g. 8:50,16:200")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/bench-index"))
+    parser.add_argument(
+        "--out", type=Path, help="default /tmp/bench-index (/tmp/bench-incremental with --incremental)"
+    )
     parser.add_argument(
         "--reuse", action="store_true", help="measure the data and index a previous run left in --out"
     )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="updates (append 1%%, retire 1%%, append 10%%) against rebuilds: benchmarks/incremental.py",
+    )
     args = parser.parse_args()
+    args.out = args.out or Path("/tmp/bench-incremental" if args.incremental else "/tmp/bench-index")
+    if args.incremental:
+        from benchmarks.incremental import run
+
+        run(args)
+        return
     mixture = Mixture(args.clusters)
-    overrides = [f"output.root={args.out / 'out'}", f"model.version={VERSION}"]
-    cfg = load_config(None, [*overrides, f"index.memory_budget_mb={args.budget_mb}", *args.set])
+    cfg = bench_config(args.out / "out", args)
     if args.reuse:
         vectors = np.load(args.out / "vectors.f32.npy", mmap_mode="r")
         manifest, write_s, build_s = None, None, None
@@ -187,7 +240,7 @@ def main() -> None:
     index.threads = 1
     manifest = index.manifest
     built = (manifest.nprobe, manifest.rerank)
-    ids = [np.array([int(i[4:]) for i in s.meta.column("image_id").to_pylist()]) for s in index.shards]
+    ids = shard_ids(index)
     warm_up = mixture.draw(100, seed=10**6 + 1)
     for query in warm_up:
         index.nearest(query, K)

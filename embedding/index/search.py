@@ -176,24 +176,43 @@ class Index:
         if query.shape[1] != self.manifest.dim:
             raise ConfigError(f"query has {query.shape[1]} dimensions, the index {self.manifest.dim}")
         faiss.omp_set_num_threads(self.threads)
-        found: list[Candidate] = []
+        scores, rows, shards = [], [], []
         for number, shard in enumerate(self.shards):
             allowed = shard.allowed_rows(filters or {})
             if allowed is not None and len(allowed) == 0:
                 continue
             selector = shard.selector(allowed)
             params = search_parameters(shard.index, self.manifest.nprobe, self.manifest.ef_search, selector)
-            scores, ids = shard.index.search(query, max(k, self.manifest.rerank), params=params)
+            found, ids = shard.index.search(query, max(k, self.manifest.rerank), params=params)
             keep = ids[0] >= 0
-            rows, exact = ids[0][keep], scores[0][keep]
-            if self.manifest.rerank and len(rows):
-                # Exact scores from the stored vectors: compression picks the candidates, not their order.
-                rows = np.sort(rows)  # ascending rows read the memory-mapped file in order
-                exact = np.asarray(shard.vectors[rows], dtype=np.float32) @ query[0]
-            best = np.argsort(-exact, kind="stable")[:k]
-            found += [Candidate(float(exact[i]), number, int(rows[i])) for i in best]
-        found.sort(key=lambda c: (-c.cosine, c.shard, c.row))
-        return found[:k]
+            scores.append(found[0][keep])
+            rows.append(ids[0][keep])
+            shards.append(np.full(int(keep.sum()), number))
+        if not scores:
+            return []
+        score, row, shard_of = np.concatenate(scores), np.concatenate(rows), np.concatenate(shards)
+        if self.manifest.rerank:
+            score, row, shard_of = self._reranked(score, row, shard_of, query[0])
+        best = np.lexsort((row, shard_of, -score))[:k]  # by score, then shard and row: a stable order
+        return [Candidate(float(score[i]), int(shard_of[i]), int(row[i])) for i in best]
+
+    def _reranked(
+        self, approx: np.ndarray, rows: np.ndarray, shards: np.ndarray, query: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact scores, from the stored vectors, of the best candidates by approximate score: compression
+        picks the candidates, not their order. As many as `rerank` per full shard are re-ranked, across
+        shards: an update's delta shards share the build's trained structure, so their approximate scores
+        compare with the others', and they add candidates without adding re-ranking work."""
+        budget = self.manifest.rerank * max(1, sum(not s.delta for s in self.manifest.shards))
+        if len(approx) > budget:
+            keep = np.argsort(-approx, kind="stable")[:budget]
+            rows, shards = rows[keep], shards[keep]
+        exact = np.empty(len(rows), np.float32)
+        for number in np.unique(shards):
+            mine = np.flatnonzero(shards == number)
+            mine = mine[np.argsort(rows[mine])]  # ascending rows read the memory-mapped file in order
+            exact[mine] = np.asarray(self.shards[number].vectors[rows[mine]], dtype=np.float32) @ query
+        return exact, rows, shards
 
     def metadata(self, candidate: Candidate) -> dict[str, Any]:
         meta = self.shards[candidate.shard].meta

@@ -198,3 +198,57 @@ def test_searching_the_sink_ranks_as_the_index_does(database: str, tmp_path: Pat
     assert tagged and all("odd" in h.metadata["tags"] for h in tagged)
     with pytest.raises(ConfigError, match="filter on 'nope'"):
         search(Vector(vectors[0], "demo"), cfg, filters={"nope": "x"}, sink="pg")
+
+
+def test_ray_tasks_write_the_units_and_a_shrunk_manifest_retires_rows(
+    database: str, sample_dir: Path, tmp_path: Path, ray_local
+) -> None:
+    """A run on Ray: its tasks write the sink; a rerun over a manifest that lost rows deletes them."""
+    whole = sample_manifest(sample_dir, 96, tmp_path / "manifest.parquet")
+    tree = {
+        "input": {"manifest": str(whole), "unit_rows": 32},
+        "output": {"root": str(tmp_path / "out")},
+        "model": {"version": "demo"},
+        "inference": {"device": "cpu", "batch_size": 32},
+        "index": {"enabled": False},
+        "run": {"executor": "ray"},
+        "sinks": [_pg(database)],
+    }
+    first = run(Config.model_validate(tree))
+    assert first["sinks"]["pg"]["written_units"] == 3
+    _assert_same(database, tmp_path / "out")
+    sample_manifest(sample_dir, 40, whole)  # the manifest now holds its first 40 rows
+    second = run(Config.model_validate(tree))
+    assert second["sinks"]["pg"]["retired_units"] >= 1
+    _assert_same(database, tmp_path / "out")
+    assert len(_table(database)) == 40
+
+
+@pytest.mark.slow  # a job in a process of its own
+def test_a_run_killed_while_it_delivers_is_finished_by_the_next_run(
+    database: str, sample_dir: Path, tmp_path: Path
+) -> None:
+    manifest = sample_manifest(sample_dir, 96, tmp_path / "manifest.parquet")
+    tree = {
+        "input": {"manifest": str(manifest), "unit_rows": 32},
+        "output": {"root": str(tmp_path / "out")},
+        "model": {"version": "demo"},
+        "inference": {"device": "cpu", "batch_size": 32},
+        "index": {"enabled": False},
+        "run": {"executor": "standalone"},
+        "sinks": [_pg(database)],
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    command = [sys.executable, "-m", "embedding.cli", "run", str(config)]
+    for point in ("sink.in_unit:2", "sink.after_unit:1"):
+        killed = subprocess.run(
+            command, env={**job_env(), "EMBEDDING_FAULTS": point}, capture_output=True, text=True, timeout=600
+        )
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        with psycopg.connect(database) as conn:
+            held = conn.execute(f"SELECT count(*), count(DISTINCT id) FROM {TABLE}").fetchone()
+        assert held is not None and held[0] == held[1] and held[0] % 32 == 0  # whole units, each id once
+    again = subprocess.run(command, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _assert_same(database, tmp_path / "out")
