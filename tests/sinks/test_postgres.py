@@ -252,3 +252,39 @@ def test_a_run_killed_while_it_delivers_is_finished_by_the_next_run(
     again = subprocess.run(command, env=job_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     _assert_same(database, tmp_path / "out")
+
+
+def test_float16_output_is_held_as_halfvec(database: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from embedding.sinks.postgres import PostgresSink
+
+    vectors = clustered(20, DIM, seed=8).astype(np.float16)
+    rows = pa.table(
+        {
+            "id": [f"h{i}" for i in range(20)],
+            "unit_id": ["u"] * 20,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
+            "model_version": ["demo"] * 20,
+        }
+    )
+    config = sink_config(tmp_path, _pg(database)).sinks[0]
+    sink = PostgresSink(config, "demo")  # type: ignore[arg-type]
+    try:
+        sink.prepare({"dim": DIM}, rows.schema)
+        sink.write("u", "d", rows)
+    finally:
+        sink.close()
+    reader = PostgresSink(config, "demo")  # type: ignore[arg-type]  # as a search opens it: no prepare
+    try:
+        best = reader.nearest(vectors[7].astype(np.float32), 3, {})
+    finally:
+        reader.close()
+    assert best[0][1]["image_id"] == "h7" and best[0][0] == pytest.approx(1.0, abs=1e-3)
+    with psycopg.connect(database) as conn:
+        kind = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attname = 'embedding'",
+            [TABLE],
+        ).fetchone()
+    assert kind == (f"halfvec({DIM})",)
