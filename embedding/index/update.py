@@ -16,11 +16,11 @@ changed, a retried error, a superseded unit) is retired and added again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from embedding.config import IndexConfig
 from embedding.index.kinds import IndexKind
-from embedding.index.search import lowest_recall
 from embedding.index.store import IndexManifest, ShardFiles
 
 
@@ -126,10 +126,20 @@ def tombstoned(shards: list[ShardFiles], retired: list[str]) -> list[ShardFiles]
 
 
 def recall_fell(check: dict, built: float | None, floor: float) -> str | None:
-    """Why an update's self-check calls for a build, or None: its worst recall is under `floor` and
-    under that of the build it started from (a structure whose own build was under the floor would not
-    do better trained again on the same collection)."""
-    worst = lowest_recall(check)
-    if worst is None or worst >= floor or worst >= (1.0 if built is None else built) - 0.01:
+    """Why an update's self-check calls for a build, or None: its worst recall is under `floor`, and
+    under that of the build it started from by more than the check can tell apart (two standard errors
+    of a recall measured on its queries x k results, at least 0.01): a structure whose own build was
+    under the floor would not do better trained again on the same collection, and a sample's noise is no
+    reason to train again."""
+    measured = [
+        (check[key], check.get(count, 0) * check.get("k", 10))
+        for key, count in (("recall_at_k", "queries"), ("text_recall_at_k", "text_queries"))
+        if key in check
+    ]
+    if not measured:
+        return None
+    worst, results = min(measured)
+    noise = max(0.01, 2 * math.sqrt(worst * (1 - worst) / max(1, results)))
+    if worst >= floor or worst >= (1.0 if built is None else built) - noise:
         return None
     return f"an update's self-check recall ({worst}) fell under index.min_recall ({floor})"
