@@ -33,6 +33,19 @@ def _pg(url: str, **extra: object) -> dict:
     return {"kind": "postgres", "name": "pg", "url": url, **extra}
 
 
+def _run_tree(manifest: Path, root: Path, executor: str, sink: dict) -> dict:
+    """The config (as YAML holds it) of a demo run of 32-row units, index off, into one sink."""
+    return {
+        "input": {"manifest": str(manifest), "unit_rows": 32},
+        "output": {"root": str(root)},
+        "model": {"version": "demo"},
+        "inference": {"device": "cpu", "batch_size": 32},
+        "index": {"enabled": False},
+        "run": {"executor": executor},
+        "sinks": [sink],
+    }
+
+
 def _table(url: str, table: str = TABLE) -> dict[str, tuple[np.ndarray, str, list[str] | None]]:
     """id -> (vector, caption, tags) of the sink's table; each id must be held once (primary key)."""
     from pgvector.psycopg import register_vector
@@ -127,16 +140,9 @@ def test_a_run_fills_its_sink_and_one_that_was_down_is_finished_later(
     secret = "s3cr3t-password-for-the-sink"
     monkeypatch.setenv("SINK_PASSWORD", secret)
     manifest = sample_manifest(sample_dir, 96, tmp_path / "manifest.parquet")
-    tree = {
-        "input": {"manifest": str(manifest), "unit_rows": 32},
-        "output": {"root": str(tmp_path / "out")},
-        "model": {"version": "demo"},
-        "inference": {"device": "cpu", "batch_size": 32},
-        "index": {"enabled": False},
-        "run": {"executor": "standalone"},
-        # No server at this socket: the run commits, then fails on its sink with one line.
-        "sinks": [_pg(database.split("?")[0] + "?host=/nonexistent", password_env="SINK_PASSWORD")],
-    }
+    # No server at this socket: the run commits, then fails on its sink with one line.
+    down = _pg(database.split("?")[0] + "?host=/nonexistent", password_env="SINK_PASSWORD")
+    tree = _run_tree(manifest, tmp_path / "out", "standalone", down)
     with pytest.raises(SinkError, match=r"^sink pg: .*`embedding sink` finishes it\)$"):
         run(Config.model_validate(tree))
     root = tmp_path / "out"
@@ -205,15 +211,7 @@ def test_ray_tasks_write_the_units_and_a_shrunk_manifest_retires_rows(
 ) -> None:
     """A run on Ray: its tasks write the sink; a rerun over a manifest that lost rows deletes them."""
     whole = sample_manifest(sample_dir, 96, tmp_path / "manifest.parquet")
-    tree = {
-        "input": {"manifest": str(whole), "unit_rows": 32},
-        "output": {"root": str(tmp_path / "out")},
-        "model": {"version": "demo"},
-        "inference": {"device": "cpu", "batch_size": 32},
-        "index": {"enabled": False},
-        "run": {"executor": "ray"},
-        "sinks": [_pg(database)],
-    }
+    tree = _run_tree(whole, tmp_path / "out", "ray", _pg(database))
     first = run(Config.model_validate(tree))
     assert first["sinks"]["pg"]["written_units"] == 3
     _assert_same(database, tmp_path / "out")
@@ -229,15 +227,7 @@ def test_a_run_killed_while_it_delivers_is_finished_by_the_next_run(
     database: str, sample_dir: Path, tmp_path: Path
 ) -> None:
     manifest = sample_manifest(sample_dir, 96, tmp_path / "manifest.parquet")
-    tree = {
-        "input": {"manifest": str(manifest), "unit_rows": 32},
-        "output": {"root": str(tmp_path / "out")},
-        "model": {"version": "demo"},
-        "inference": {"device": "cpu", "batch_size": 32},
-        "index": {"enabled": False},
-        "run": {"executor": "standalone"},
-        "sinks": [_pg(database)],
-    }
+    tree = _run_tree(manifest, tmp_path / "out", "standalone", _pg(database))
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tree))
     command = [sys.executable, "-m", "embedding.cli", "run", str(config)]
