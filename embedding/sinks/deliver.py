@@ -15,7 +15,8 @@ import logging
 import time
 from typing import Any
 
-from embedding.config import Config, LanceSinkConfig, PostgresSinkConfig
+from embedding.config import Config
+from embedding.config_sinks import LanceSinkConfig, PostgresSinkConfig
 from embedding.errors import SinkError
 from embedding.sinks.base import Sink, failure
 from embedding.sinks.rows import unit_rows

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedding.config import LanceSinkConfig
+from embedding.config_sinks import LanceSinkConfig
 from embedding.errors import ConfigError, SinkError
 from embedding.sinks.base import Sink, as_metadata, check_identity, table_name
 from embedding.store import faults

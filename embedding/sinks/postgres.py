@@ -27,7 +27,7 @@ import pyarrow as pa
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from embedding.config import PostgresSinkConfig
+from embedding.config_sinks import PostgresSinkConfig
 from embedding.errors import ConfigError
 from embedding.sinks.base import Sink, as_metadata, check_identity, table_name
 from embedding.sinks.rows import FIXED_COLUMNS, FRAME_COLUMNS

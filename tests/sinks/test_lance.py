@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from embedding.config import LanceSinkConfig
+from embedding.config_sinks import LanceSinkConfig
 from embedding.errors import ConfigError, SinkError
 from embedding.sinks.deliver import deliver
 from embedding.sinks.lance import LanceSink
