@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from embedding.config import Config
 from embedding.errors import ConfigError
+from embedding.index.check import lowest_recall, self_check
 from embedding.index.collection import Committed, check_versions, committed_units, train_sample
 from embedding.index.fill import (
     FIXED,
@@ -33,7 +34,6 @@ from embedding.index.fill import (
 )
 from embedding.index.kinds import choose, create
 from embedding.index.probes import text_probes
-from embedding.index.search import lowest_recall, self_check
 from embedding.index.store import (
     Change,
     IndexManifest,

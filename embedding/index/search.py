@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding.errors import ConfigError
+from embedding.index.coarse import SharedCoarse
 from embedding.index.kinds import search_parameters
 from embedding.index.store import (
     IndexManifest,
@@ -125,7 +126,7 @@ class Index:
     manifest: IndexManifest
     shards: list[Shard]
     threads: int = 1
-    _params: list[Any] = field(default_factory=list)
+    coarse: SharedCoarse | None = None  # the shards' shared coarse step, when they share one
 
     @classmethod
     def open(cls, folder: str, storage_options: dict | None = None, verify: bool = False) -> Index:
@@ -154,7 +155,7 @@ class Index:
                 raise ConfigError(
                     f"index shard files under {local} are unreadable ({exc}): rebuild the index"
                 ) from exc
-        return cls(manifest, shards)
+        return cls(manifest, shards, coarse=SharedCoarse.of([shard.index for shard in shards]))
 
     @classmethod
     def for_version(cls, root: str, version: str, storage_options: dict | None = None) -> Index:
@@ -176,14 +177,20 @@ class Index:
         if query.shape[1] != self.manifest.dim:
             raise ConfigError(f"query has {query.shape[1]} dimensions, the index {self.manifest.dim}")
         faiss.omp_set_num_threads(self.threads)
+        wanted = max(k, self.manifest.rerank)
+        assigned = self.coarse.assign(query, self.manifest.nprobe) if self.coarse else None
         scores, rows, shards = [], [], []
         for number, shard in enumerate(self.shards):
             allowed = shard.allowed_rows(filters or {})
             if allowed is not None and len(allowed) == 0:
                 continue
             selector = shard.selector(allowed)
-            params = search_parameters(shard.index, self.manifest.nprobe, self.manifest.ef_search, selector)
-            found, ids = shard.index.search(query, max(k, self.manifest.rerank), params=params)
+            if self.coarse and assigned:
+                found, ids = self.coarse.search(number, assigned, wanted, selector)
+            else:
+                manifest = self.manifest
+                params = search_parameters(shard.index, manifest.nprobe, manifest.ef_search, selector)
+                found, ids = shard.index.search(query, wanted, params=params)
             keep = ids[0] >= 0
             scores.append(found[0][keep])
             rows.append(ids[0][keep])
@@ -217,78 +224,3 @@ class Index:
     def metadata(self, candidate: Candidate) -> dict[str, Any]:
         meta = self.shards[candidate.shard].meta
         return {name: meta.column(name)[candidate.row].as_py() for name in meta.column_names}
-
-
-def exact_kth_scores(index: Index, queries: np.ndarray, k: int) -> np.ndarray:
-    """The k-th best exact score per query over every stored vector (brute force, in chunks)."""
-    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    for shard in index.shards:
-        live = shard.live_mask()
-        for start in range(0, len(shard.vectors), 65_536):
-            block = np.asarray(shard.vectors[start : start + 65_536], dtype=np.float32)
-            block_scores = queries @ block.T
-            block_scores[:, ~live[start : start + 65_536]] = -np.inf  # retired rows are not answers
-            scores = np.concatenate([best, block_scores], axis=1)
-            best = -np.sort(-scores, axis=1)[:, :k]
-    return best[:, -1]
-
-
-def _recall(index: Index, queries: np.ndarray, k: int) -> float:
-    """Recall@k of the index's search against exact search, for these queries.
-
-    A result counts as a true neighbour when its exact score reaches the k-th exact score (ties included).
-    """
-    kth = exact_kth_scores(index, queries, k)
-    hits = []
-    for query, threshold in zip(queries, kth, strict=True):
-        # Score the results from the same stored vectors as the truth, so both sides round alike.
-        found = index.nearest(query, k)
-        scores = [float(np.asarray(index.shards[c.shard].vectors[c.row], np.float32) @ query) for c in found]
-        hits.append(sum(score >= threshold - 1e-6 for score in scores) / k)
-    return round(float(np.mean(hits)), 4)
-
-
-def _sample_rows(index: Index, shards: list[int], n: int, seed: int) -> np.ndarray:
-    """Up to n stored vectors of live rows of these shards, drawn at random (seeded)."""
-    live = [np.flatnonzero(index.shards[s].live_mask()) for s in shards]
-    if not sum(len(rows) for rows in live):
-        return np.empty((0, index.manifest.dim), np.float32)
-    which = np.concatenate([np.full(len(rows), s) for s, rows in zip(shards, live, strict=True)])
-    rows = np.concatenate(live).astype(np.int64)
-    picks = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
-    return np.stack([np.asarray(index.shards[int(which[i])].vectors[rows[i]], np.float32) for i in picks])
-
-
-def self_check(
-    folder: str,
-    manifest: IndexManifest,
-    storage_options: dict,
-    queries: int,
-    k: int = 10,
-    texts: np.ndarray | None = None,
-) -> dict:
-    """Recall@k of an index against exact search: on a seeded sample of its own live vectors as queries
-    (half of them from the shards an update added, when it added some), and on text queries (`texts`, unit
-    vectors of the version's text tower), since compressed kinds can fail text queries that look nothing
-    like the images they were trained on while image queries look fine."""
-    if queries == 0:
-        return {"queries": 0}
-    index = Index.load(local_folder(folder, manifest, storage_options), manifest)
-    every = list(range(len(index.shards)))
-    new = [n for n, shard in enumerate(manifest.shards) if shard.delta]
-    parts = [_sample_rows(index, new, queries // 2, seed=1)] if new else []
-    parts.append(_sample_rows(index, every, queries - sum(len(p) for p in parts), seed=0))
-    sample = np.concatenate(parts)
-    found: dict[str, Any] = {"queries": len(sample), "k": k, "recall_at_k": _recall(index, sample, k)}
-    if new:
-        found["new_rows_queries"] = len(parts[0])
-    if texts is not None and len(texts):
-        found["text_queries"] = len(texts)
-        found["text_recall_at_k"] = _recall(index, np.asarray(texts, np.float32), k)
-    return found
-
-
-def lowest_recall(check: dict) -> float | None:
-    """The worst recall a self-check measured (image or text queries), or None without queries."""
-    values = [check[key] for key in ("recall_at_k", "text_recall_at_k") if key in check]
-    return min(values) if values else None
