@@ -1,4 +1,4 @@
-"""The Python API for single items: vectorize_image, vectorize_text, and search.
+"""The Python API for single items: vectorize_image, vectorize_text, and search (Vector, Hit, rank).
 
 Each input is validated exactly as in the job; a bad one raises EmbeddingError carrying its error code.
 """
@@ -6,9 +6,8 @@ Each input is validated exactly as in the job; a bad one raises EmbeddingError c
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,8 +15,10 @@ from embedding.config import Config
 from embedding.errors import ConfigError, EmbeddingError, ErrorCode
 from embedding.fetch.sources import check_size, fetch
 from embedding.fetch.uripolicy import SourceSettings, resolve_uri
-from embedding.index.relevance import metadata_score, relevance
+from embedding.index.filters import All, Clause, Filter, equalities, every
+from embedding.index.ranking import Hit, Vector, pool_size, rank, ranked
 from embedding.index.search import Index
+from embedding.index.where import parse_where
 from embedding.media.image import decode
 from embedding.media.imagecheck import ImageLimits
 from embedding.media.resize import Preprocess
@@ -26,40 +27,6 @@ from embedding.models.identity import SEARCH_FIELDS, check_same, identity_for
 
 if TYPE_CHECKING:
     from embedding.stages.encode import Encoder
-
-
-@dataclass(frozen=True)
-class Vector:
-    """A unit vector and the model version whose space it lives in."""
-
-    values: np.ndarray
-    model_version: str
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One result: an image, a frame of a video (`metadata` has its frame_time_s), or a video's segment."""
-
-    image_id: str  # the image's id, or the video's (its manifest row's id)
-    uri: str | None
-    cosine: float
-    metadata_score: float
-    relevance: float
-    metadata: dict[str, Any]
-    segment: dict[str, Any] | None = None  # a video result: start_s, end_s, frame_time_s, frame_index, frames
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "image_id": self.image_id,
-            "uri": self.uri,
-            "cosine": round(self.cosine, 6),
-            "metadata_score": round(self.metadata_score, 6),
-            "relevance": round(self.relevance, 6),
-            **{k: v for k, v in self.metadata.items() if k not in ("image_id", "uri")},
-        }
-        if self.segment is not None:
-            out["video"] = self.segment
-        return out
 
 
 @lru_cache(maxsize=4)
@@ -128,16 +95,22 @@ def search(
     index: Index | None = None,
     source: SourceSettings | None = None,
     sink: str | None = None,
+    where: str | Filter | None = None,
+    dedup: bool | None = None,
 ) -> list[Hit]:
     """Top results for a text, an image (path, URL or bytes, with image=True) or a vector.
 
     The query is embedded with the index's own model version; a Vector of another version is refused.
-    Filters on carried metadata apply before the cut to `top`. An image path or URL follows the source
-    policy of `source`, as in `vectorize_image`. `sink`: search the table of the config's sink of that
-    name instead of the index (exact search there, unless the sink has a vector index), ranked alike.
+    `where` (a filter, or its text as `--where` takes it: embedding.index.where) and `filters` (the
+    equality form {"column": "value"}) narrow the search to the rows that pass both, before the cut to
+    `top`. `dedup` (default search.dedup) folds near-duplicates into the better result (`Hit.similar`).
+    An image path or URL follows the source policy of `source`, as in `vectorize_image`. `sink`: search
+    the table of the config's sink of that name instead of the index (exact search there, unless the
+    sink has a vector index), ranked alike.
     """
+    condition = every(equalities(filters), parse_where(where) if isinstance(where, str) else where)
     if sink is not None:
-        return _search_sink(query, cfg, sink, top, filters, image, source)
+        return _search_sink(query, cfg, sink, top, condition, image, source, dedup)
     index = index or Index.for_version(cfg.output.root, cfg.model.version, cfg.output.storage_options)
     version = index.manifest.model_version
     if version == cfg.model.version:
@@ -146,7 +119,7 @@ def search(
     if isinstance(query, Vector):
         index.check_version(query.model_version)
     vector, text = _query_vector(query, cfg, version, image, source)
-    return rank(index, vector, cfg, top, filters, text)
+    return rank(index, vector, cfg, top, condition, text, dedup)
 
 
 def _query_vector(
@@ -164,113 +137,22 @@ def _query_vector(
     return vectorize_text(str(query), cfg, version), str(query)
 
 
-def rank(
-    index: Index,
-    vector: Vector,
-    cfg: Config,
-    top: int | None = None,
-    filters: dict[str, str] | None = None,
-    text: str | None = None,
-) -> list[Hit]:
-    """The ranked results of a ready query vector (`text`: the query text it was made from, if any).
-
-    `search` and the service both rank through here, so their results are the same.
-    """
-    index.check_version(vector.model_version)
-    top = top or cfg.search.top
-    grouping = cfg.search.group_videos and "frame_time_s" in index.manifest.metadata_columns
-    pool = _pool(cfg, top, text, grouping)
-    found = [(c.cosine, index.metadata(c)) for c in index.nearest(vector.values, pool, filters)]
-    return _ranked(found, cfg, top, text, grouping)
-
-
-def _pool(cfg: Config, top: int, text: str | None, grouping: bool) -> int:
-    """How many cosine candidates relevance re-orders: weight 0 keeps the cosine order. Grouping frames
-    into segments needs a pool well above `top`, or one video's frames would fill it."""
-    pool = max(top, cfg.search.pool) if (cfg.search.relevance_weight > 0 and text) or grouping else top
-    return max(pool, 10 * top) if grouping else pool
-
-
-def _ranked(
-    found: list[tuple[float, dict[str, Any]]], cfg: Config, top: int, text: str | None, grouping: bool
-) -> list[Hit]:
-    """Hits of (cosine, metadata) candidates, by relevance (cosine and metadata score), cut to `top`."""
-    weight = cfg.search.relevance_weight
-    hits = []
-    for cosine, meta in found:
-        if meta.get("frame_time_s") is None:
-            meta = {k: v for k, v in meta.items() if k not in ("frame_time_s", "frame_index")}
-        score = metadata_score(text, meta.get("caption"), meta.get("tags")) if text else 0.0
-        hits.append(
-            Hit(
-                str(meta.get("image_id")),
-                meta.get("uri"),
-                cosine,
-                score,
-                relevance(cosine, score, weight),
-                meta,
-            )
-        )
-    if grouping:
-        hits = _segments(hits, cfg)
-    hits.sort(key=lambda h: (-h.relevance, -h.cosine))
-    return hits[:top]
-
-
-def _segments(hits: list[Hit], cfg: Config) -> list[Hit]:
-    """Frames of a video grouped into segments (embedding.index.segments); images as they are."""
-    from embedding.index.segments import FrameHit, Segment, group_segments, segment_gap_s
-
-    frames = [
-        FrameHit(
-            h.image_id,
-            h.cosine,
-            h.metadata_score,
-            h.relevance,
-            h.metadata.get("frame_time_s"),
-            h.metadata.get("frame_index"),
-            {**h.metadata, "uri": h.uri},
-        )
-        for h in hits
-    ]
-    images = {h.image_id: h for h in hits if h.metadata.get("frame_time_s") is None}
-    out = []
-    for result in group_segments(frames, cfg.video.segment_margin, segment_gap_s(cfg.video)):
-        if isinstance(result, Segment):
-            meta = {k: v for k, v in result.fields.items() if k not in ("frame_time_s", "frame_index", "uri")}
-            span = {
-                k: v
-                for k, v in result.to_dict().items()
-                if k in ("start_s", "end_s", "frame_time_s", "frame_index", "frames")
-            }
-            out.append(
-                Hit(
-                    result.video_id,
-                    result.fields.get("uri"),
-                    result.cosine,
-                    result.metadata_score,
-                    result.relevance,
-                    meta,
-                    span,
-                )
-            )
-        else:
-            out.append(images[result.item_id])
-    return out
-
-
 def _search_sink(
     query: str | Vector | bytes | os.PathLike,
     cfg: Config,
     name: str,
     top: int | None,
-    filters: dict[str, str] | None,
+    condition: Filter | None,
     image: bool,
     source: SourceSettings | None,
+    dedup: bool | None,
 ) -> list[Hit]:
     """`search` against a sink's table of cfg.model.version, with the same relevance formula."""
     from embedding.sinks.deliver import open_sink
 
+    if dedup:
+        raise ConfigError("dedup: a sink's search does not fold near-duplicates; search the index for that")
+    filters = _sink_equalities(condition)
     config = next((s for s in cfg.sinks if s.name == name), None)
     if config is None:
         raise ConfigError(f"no sink named {name} (sinks: {', '.join(s.name for s in cfg.sinks) or 'none'})")
@@ -282,7 +164,18 @@ def _search_sink(
     grouping = cfg.search.group_videos
     sink = open_sink(config, version)
     try:
-        found = sink.nearest(vector.values, _pool(cfg, top, text, grouping), filters or {})
+        found = sink.nearest(vector.values, pool_size(cfg, top, text, grouping), filters)
     finally:
         sink.close()
-    return _ranked(found, cfg, top, text, grouping)
+    return ranked(found, cfg, top, text, grouping)
+
+
+def _sink_equalities(condition: Filter | None) -> dict[str, str]:
+    """A filter as a sink's search takes it: equalities of columns to values, all required."""
+    parts = condition.parts if isinstance(condition, All) else (condition,) if condition else ()
+    if not all(isinstance(p, Clause) and p.op == "eq" and isinstance(p.value, str) for p in parts):
+        raise ConfigError("filters on a sink's search: COLUMN=VALUE equalities only (the index takes any)")
+    return {p.column: str(p.value) for p in parts if isinstance(p, Clause)}
+
+
+__all__ = ["Hit", "Vector", "encoder_for", "rank", "search", "vectorize_image", "vectorize_text"]

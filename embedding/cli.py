@@ -123,16 +123,6 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_filters(items: list[str] | None) -> dict[str, str]:
-    filters = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--filter expects COLUMN=VALUE, got {item!r}")
-        column, value = item.split("=", 1)
-        filters[column] = value
-    return filters
-
-
 def _search(args: argparse.Namespace) -> int:
     from embedding.api import search
     from embedding.config_file import load_config
@@ -144,13 +134,15 @@ def _search(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either a query TEXT or --image PATH_OR_URL")
     query = args.image if args.image is not None else args.text
+    clauses = [*(args.filter or []), *([args.where] if args.where else [])]
     hits = search(
         query,
         cfg,
         top=args.top,
-        filters=_parse_filters(args.filter),
         image=args.image is not None,
         sink=args.sink,
+        where=" and ".join(f"({c})" for c in clauses) or None,
+        dedup=args.dedup,
     )
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
@@ -163,7 +155,18 @@ def _search(args: argparse.Namespace) -> int:
         elif h.metadata.get("frame_time_s") is not None:
             moment = f"  [frame at {h.metadata['frame_time_s']:.1f} s]"
         scores = f"{h.relevance:9.4f} {h.cosine:8.4f} {h.metadata_score:5.2f}"
-        print(f"{rank:>3} {scores}  {h.image_id:<24} {h.uri}{moment}")
+        similar = f"  (+{len(h.similar)} similar: {', '.join(h.similar)})" if h.similar else ""
+        print(f"{rank:>3} {scores}  {h.image_id:<24} {h.uri}{moment}{similar}")
+    return 0
+
+
+def _duplicates(args: argparse.Namespace) -> int:
+    from embedding.config_file import load_config
+    from embedding.index.duplicates import find_duplicates
+
+    cfg = load_config(args.config, args.set or [])
+    found = find_duplicates(cfg, args.cosine)
+    print(json.dumps(found.to_dict(), indent=1))
     return 0
 
 
@@ -297,10 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--image", help="a query image: path or URL")
     search.add_argument("--top", type=int)
     search.add_argument(
+        "--where",
+        metavar="EXPRESSION",
+        help="keep rows that pass a filter: \"taken_at >= 2024-01-01 and 'red' in tags\" (README: Filters)",
+    )
+    search.add_argument(
         "--filter",
         action="append",
-        metavar="COLUMN=VALUE",
-        help="keep rows whose metadata column equals (or, for lists, contains) VALUE",
+        metavar="CLAUSE",
+        help="a filter clause, e.g. tags=red or 'price < 10' (repeatable: all must pass; with --where too)",
+    )
+    search.add_argument(
+        "--dedup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fold near-duplicates into the better result (default: search.dedup, off)",
     )
     search.add_argument("--json", action="store_true")
     search.add_argument("--sink", metavar="NAME", help="search this sink's table instead of the index")
@@ -312,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--set", action="append", metavar="KEY=VALUE")
     search.set_defaults(func=_search)
+
+    duplicates = commands.add_parser(
+        "duplicates", help="groups of exact and near-duplicate images of the index (duplicates/ folder)"
+    )
+    duplicates.add_argument("config")
+    duplicates.add_argument("--cosine", type=float, help="near copies: at least this cosine (default 0.97)")
+    duplicates.add_argument("--set", action="append", metavar="KEY=VALUE")
+    duplicates.set_defaults(func=_duplicates)
 
     serve = commands.add_parser(
         "serve", help="the hosted API's routes, search and the search page over HTTP (Ray Serve)"

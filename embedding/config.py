@@ -245,6 +245,17 @@ class SearchConfig(Section):
     # Frames of a video come back as segments (a video id, the moments that match, the best frame's time);
     # off, every frame is a result of its own.
     group_videos: bool = True
+    # Near-duplicates folded into the better result (`--dedup`, "dedup": true, the page's toggle): a result
+    # whose stored vector has at least this cosine with a better one's is listed under it, not beside it.
+    dedup: bool = False
+    dedup_cosine: float = Field(default=0.95, ge=0, le=1)
+
+
+class DuplicatesConfig(Section):
+    """`embedding duplicates`: groups of exact (same content digest) and near (cosine) copies."""
+
+    cosine: float = Field(default=0.97, ge=0, le=1)  # near copies: at least this cosine to a member
+    neighbours: int = Field(default=10, ge=1, le=1000)  # nearest neighbours looked at per vector
 
 
 class EncoderServiceConfig(Section):
@@ -336,6 +347,7 @@ class Config(Section):
     video: VideoConfig = Field(default_factory=VideoConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     # Where committed vectors are delivered besides the Parquet tables (embedding.sinks): none by default.
     sinks: list[SinkConfig] = Field(default_factory=list)

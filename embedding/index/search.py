@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding.errors import ConfigError
+from embedding.index import rowmask
 from embedding.index.coarse import SharedCoarse
+from embedding.index.filters import Filter, key
 from embedding.index.kinds import search_parameters
 from embedding.index.store import (
     IndexManifest,
@@ -23,6 +27,10 @@ from embedding.index.store import (
     local_folder,
     read_manifest,
 )
+
+KEPT_FILTERS = 16  # filters whose passing rows each shard keeps
+FEW_ROWS = 65_536  # passing rows kept as a list too (at most the re-ranking budget is ever scored so)
+MAX_EF_SEARCH = 4_096  # HNSW's candidate list under a narrow filter
 
 
 class VersionMismatch(ConfigError):
@@ -43,6 +51,8 @@ class Shard:
     meta: pa.Table  # row -> image_id, uri, carried columns
     retired: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # tombstoned rows, sorted
     _skip: list[faiss.IDSelector] = field(default_factory=list)  # [NOT retired, retired]: built once
+    _passing: OrderedDict[str, Passing] = field(default_factory=OrderedDict)  # by filter key, newest last
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def tombstoned(cls, files: ShardFiles) -> np.ndarray:
@@ -61,10 +71,12 @@ class Shard:
         mask[self.retired] = False
         return mask
 
-    def selector(self, allowed: np.ndarray | None) -> faiss.IDSelector | None:
-        """What a FAISS search may return: the allowed rows (already live), or every live row."""
-        if allowed is not None:
-            return faiss.IDSelectorBatch(allowed)
+    @property
+    def live_rows(self) -> int:
+        return self.meta.num_rows - len(self.retired)
+
+    def selector(self) -> faiss.IDSelector | None:
+        """What an unfiltered FAISS search may return: every live row (None: every row)."""
         if not len(self.retired):
             return None
         if not self._skip:  # SWIG holds no reference to the inner selector: the shard keeps both
@@ -72,28 +84,40 @@ class Shard:
             self._skip[:] = [faiss.IDSelectorNot(inner), inner]
         return self._skip[0]
 
-    def allowed_rows(self, filters: dict[str, str]) -> np.ndarray | None:
-        """Rows whose carried metadata matches every filter (list columns: contains), or None for all."""
-        if not filters:
-            return None
-        mask = np.ones(self.meta.num_rows, dtype=bool)
-        for column, value in filters.items():
-            if column not in self.meta.column_names:
-                # Neutral words: `embedding search --filter` and the service's "filters" both land here.
-                raise ConfigError(
-                    f"filter on '{column}': no such metadata column; have {', '.join(self.meta.column_names)}"
-                )
-            data = self.meta.column(column)
-            if pa.types.is_list(data.type) or pa.types.is_large_list(data.type):
-                hits = np.zeros(self.meta.num_rows, dtype=bool)
-                flat = pc.list_flatten(data)
-                parents = pc.list_parent_indices(data).to_numpy()
-                matches = pc.equal(flat.cast(pa.string()), value).to_numpy(zero_copy_only=False)
-                hits[np.unique(parents[matches])] = True
-            else:
-                hits = pc.equal(data.cast(pa.string()), value).to_numpy(zero_copy_only=False)
-            mask &= np.asarray(hits, dtype=bool)
-        return self.live(np.flatnonzero(mask).astype(np.int64))
+    def passing(self, where: Filter) -> Passing:
+        """The live rows that pass a filter; the last few filters' answers are kept (a page of results
+        and the next one ask the same)."""
+        name = key(where)
+        with self._lock:
+            if name in self._passing:
+                self._passing.move_to_end(name)
+                return self._passing[name]
+        mask = rowmask.mask(where, self.meta)
+        mask[self.retired] = False
+        found = Passing.of(mask)
+        with self._lock:
+            self._passing[name] = found
+            while len(self._passing) > KEPT_FILTERS:
+                self._passing.popitem(last=False)
+        return found
+
+
+@dataclass(frozen=True)
+class Passing:
+    """The rows of a shard a filter lets through, as a FAISS selector over a bitmap (cheap to build and
+    to test at any share of the rows, unlike a hash set of ids), with the rows themselves when few."""
+
+    count: int
+    bits: np.ndarray  # the bitmap the selector reads: it must live as long as the selector
+    selector: faiss.IDSelector
+    few: np.ndarray | None  # the rows, when at most FEW_ROWS
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> Passing:
+        bits = np.packbits(mask, bitorder="little")
+        count = int(mask.sum())
+        few = np.flatnonzero(mask).astype(np.int64) if count <= FEW_ROWS else None
+        return cls(count, bits, faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)), few)
 
 
 def _read_index(path: str) -> faiss.Index:
@@ -171,25 +195,41 @@ class Index:
                 "vectors of two model versions are never compared"
             )
 
-    def nearest(self, query: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Candidate]:
-        """The k best rows by exact cosine over all shards (compressed kinds re-rank their candidates)."""
+    def nearest(self, query: np.ndarray, k: int, where: Filter | None = None) -> list[Candidate]:
+        """The k best rows by exact cosine over all shards (compressed kinds re-rank their candidates),
+        among the rows that pass `where`.
+
+        A filter narrows each shard's FAISS search to its rows (a bitmap selector) and widens the search
+        by the share of rows it keeps (nprobe, efSearch), so that a narrow filter still finds `k` rows;
+        when it keeps no more rows than are re-ranked anyway, all of them are scored exactly instead."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.manifest.dim:
             raise ConfigError(f"query has {query.shape[1]} dimensions, the index {self.manifest.dim}")
         faiss.omp_set_num_threads(self.threads)
+        nprobe, ef_search = self.manifest.nprobe, self.manifest.ef_search
+        passing: list[Passing] | None = None
+        if where is not None:
+            passing = [shard.passing(where) for shard in self.shards]
+            allowed = sum(p.count for p in passing)
+            if allowed == 0:
+                return []
+            listed = all(p.few is not None for p in passing)
+            if self.manifest.rerank and allowed <= self._rerank_budget() and listed:
+                return self._exact(query[0], k, passing)
+            share = allowed / max(1, sum(shard.live_rows for shard in self.shards))
+            nprobe = math.ceil(nprobe / share)
+            ef_search = min(MAX_EF_SEARCH, max(ef_search, math.ceil(ef_search / share)))
         wanted = max(k, self.manifest.rerank)
-        assigned = self.coarse.assign(query, self.manifest.nprobe) if self.coarse else None
+        assigned = self.coarse.assign(query, nprobe) if self.coarse else None
         scores, rows, shards = [], [], []
         for number, shard in enumerate(self.shards):
-            allowed = shard.allowed_rows(filters or {})
-            if allowed is not None and len(allowed) == 0:
+            selector = shard.selector() if passing is None else passing[number].selector
+            if passing is not None and not passing[number].count:
                 continue
-            selector = shard.selector(allowed)
             if self.coarse and assigned:
                 found, ids = self.coarse.search(number, assigned, wanted, selector)
             else:
-                manifest = self.manifest
-                params = search_parameters(shard.index, manifest.nprobe, manifest.ef_search, selector)
+                params = search_parameters(shard.index, nprobe, ef_search, selector)
                 found, ids = shard.index.search(query, wanted, params=params)
             keep = ids[0] >= 0
             scores.append(found[0][keep])
@@ -200,8 +240,18 @@ class Index:
         score, row, shard_of = np.concatenate(scores), np.concatenate(rows), np.concatenate(shards)
         if self.manifest.rerank:
             score, row, shard_of = self._reranked(score, row, shard_of, query[0])
-        best = np.lexsort((row, shard_of, -score))[:k]  # by score, then shard and row: a stable order
-        return [Candidate(float(score[i]), int(shard_of[i]), int(row[i])) for i in best]
+        return _best(score, row, shard_of, k)
+
+    def _rerank_budget(self) -> int:
+        """Candidates re-ranked exactly per query: `rerank` per full shard (delta shards add none)."""
+        return self.manifest.rerank * max(1, sum(not s.delta for s in self.manifest.shards))
+
+    def _exact(self, query: np.ndarray, k: int, passing: list[Passing]) -> list[Candidate]:
+        """The k best of every passing row, scored exactly (a filter that keeps few rows)."""
+        listed = [(n, p.few) for n, p in enumerate(passing) if p.few is not None]
+        rows = np.concatenate([few for _, few in listed])
+        shard_of = np.concatenate([np.full(len(few), n) for n, few in listed])
+        return _best(self._scores(rows, shard_of, query), rows, shard_of, k)
 
     def _reranked(
         self, approx: np.ndarray, rows: np.ndarray, shards: np.ndarray, query: np.ndarray
@@ -210,17 +260,30 @@ class Index:
         picks the candidates, not their order. As many as `rerank` per full shard are re-ranked, across
         shards: an update's delta shards share the build's trained structure, so their approximate scores
         compare with the others', and they add candidates without adding re-ranking work."""
-        budget = self.manifest.rerank * max(1, sum(not s.delta for s in self.manifest.shards))
+        budget = self._rerank_budget()
         if len(approx) > budget:
             keep = np.argsort(-approx, kind="stable")[:budget]
             rows, shards = rows[keep], shards[keep]
+        return self._scores(rows, shards, query), rows, shards
+
+    def _scores(self, rows: np.ndarray, shards: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Exact cosines of these rows from the stored vectors."""
         exact = np.empty(len(rows), np.float32)
         for number in np.unique(shards):
             mine = np.flatnonzero(shards == number)
             mine = mine[np.argsort(rows[mine])]  # ascending rows read the memory-mapped file in order
             exact[mine] = np.asarray(self.shards[number].vectors[rows[mine]], dtype=np.float32) @ query
-        return exact, rows, shards
+        return exact
+
+    def stored(self, where: Candidate) -> np.ndarray:
+        """The vector the index holds for a row (float32, as exact re-ranking reads it)."""
+        return np.asarray(self.shards[where.shard].vectors[where.row], dtype=np.float32)
 
     def metadata(self, candidate: Candidate) -> dict[str, Any]:
         meta = self.shards[candidate.shard].meta
         return {name: meta.column(name)[candidate.row].as_py() for name in meta.column_names}
+
+
+def _best(score: np.ndarray, row: np.ndarray, shard_of: np.ndarray, k: int) -> list[Candidate]:
+    best = np.lexsort((row, shard_of, -score))[:k]  # by score, then shard and row: a stable order
+    return [Candidate(float(score[i]), int(shard_of[i]), int(row[i])) for i in best]

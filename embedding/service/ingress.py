@@ -220,7 +220,8 @@ class Ingress:
         ask: dict[str, Any] = {
             "top": query.top,
             "skip": query.skip,
-            "filters": query.filters,
+            "filter": query.filter,
+            "dedup": query.dedup,
             "weight": query.weight,
             "text": query.value if query.kind == "text" else None,
         }
@@ -254,6 +255,34 @@ class Ingress:
                 },
             }
         )
+
+    @app.get("/retrieval/duplicates")
+    async def duplicates(self, request: Request) -> Response:
+        """The groups of exact and near copies `embedding duplicates CONFIG` wrote for a version (files
+        only: no deployment is called); 404 until it has run. Member uris follow service.result_uri."""
+        # Imported here: this route is the ingress's only use of them (the searcher module holds ResultUris).
+        from embedding.errors import ConfigError
+        from embedding.index.duplicates import duplicate_groups
+        from embedding.service.searcher import ResultUris
+
+        self._authorize(request)
+        version = model_version(request.query_params, self.versions, self.default)
+        try:
+            groups = await asyncio.to_thread(duplicate_groups, self.cfg, version)
+        except ConfigError as exc:
+            message = str(exc)
+            if "embedding duplicates" not in message:
+                message += ": run `embedding duplicates CONFIG`"
+            raise ApiError(404, "NotFound", message, ("DuplicatesNotFound", message)) from None
+        uris = getattr(self, "_duplicate_uris", None)
+        if uris is None:  # lists the manifest's files once (as the search deployment does at start)
+            uris = self._duplicate_uris = await asyncio.to_thread(ResultUris.from_config, self.cfg)
+        answer = []
+        for group in groups:
+            found = group.to_dict()
+            found["members"] = [{**m, "uri": uris.show(m["uri"])} for m in found["members"]]
+            answer.append(found)
+        return JSONResponse({"modelVersion": version, "groups": answer})
 
     @app.get("/retrieval/thumbnails/{image_id:path}")
     async def thumbnail(self, image_id: str, request: Request) -> Response:

@@ -53,11 +53,6 @@ def find_row(index: Index, image_id: str, frame_index: int | None = None) -> Can
     return None
 
 
-def stored_vector(index: Index, where: Candidate) -> np.ndarray:
-    """The vector the index holds for a row (float32, as exact re-ranking reads it)."""
-    return np.asarray(index.shards[where.shard].vectors[where.row], dtype=np.float32)
-
-
 def _value_counts(index: Index, column: str) -> Counter[str] | None:
     """How often each value of a string (or list of strings) column occurs; None for other types."""
     counts: Counter[str] = Counter()

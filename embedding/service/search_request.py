@@ -6,8 +6,13 @@
     {"vector": [...], "modelVersion": "<v>"}      a ready vector and the version that made it
     {"imageId": "<id>"}                           an indexed image's stored vector ("more like this");
                                                   a video's: with "frameIndex", that frame's
-  with optional "top" (default search.top), "skip" (for pages), "filters" ({"column": "value"}: a list
-  column matches when it contains the value) and "relevanceWeight" (default search.relevance_weight).
+  with optional "top" (default search.top), "skip" (for pages), "relevanceWeight" (default
+  search.relevance_weight), "dedup" (fold near-duplicates into the better result; default search.dedup),
+  and filters, all of which a result must pass:
+    "filter": {"and": [{"field": "price", "lt": 10}, {"field": "tags", "contains": "red"}]}   (JSON form)
+    "where": "price < 10 and 'red' in tags"                                           (text form)
+    "filters": {"column": "value"}                    (equality; a list column: it contains the value)
+  (embedding.index.filters and embedding.index.where define both forms).
 
 Numbers are checked as the index will hold them: a vector must be finite once it is float32 (1e39 is not)
 and not all zeros, a count or a frame index a whole number within its bounds (never a float, NaN or a
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,10 +34,13 @@ import numpy as np
 from embedding.config import Config
 from embedding.errors import EmbeddingError
 from embedding.fetch.sources import check_size
+from embedding.index.filters import Filter, FilterError, checked_size, clauses, equalities, every, from_json
+from embedding.index.where import parse_where
 from embedding.service.wire import INVALID_ARGUMENT, from_embedding_error, invalid, model_version
 
 QUERY_KINDS = {"text": "text", "url": "url", "image": "image", "vector": "vector", "imageId": "image_id"}
-OPTIONS = {"top", "skip", "filters", "relevanceWeight", "modelVersion", "frameIndex"}
+OPTIONS = {"top", "skip", "filters", "filter", "where", "dedup", "relevanceWeight", "modelVersion"}
+OPTIONS |= {"frameIndex"}
 MAX_FRAME_INDEX = 1 << 30  # more frames than any video has; the index holds frame indexes as int32
 
 
@@ -43,7 +51,8 @@ class SearchRequest:
     value: Any  # the text, URL, image bytes, vector (float32 array) or image id
     top: int
     skip: int = 0
-    filters: dict[str, str] = field(default_factory=dict)
+    filter: Filter | None = None  # every filter of the request, joined
+    dedup: bool | None = None
     weight: float | None = None
     vector_version: str | None = None
     frame_index: int | None = None  # with image_id: one frame of a video
@@ -98,16 +107,36 @@ def _vector(value: Any) -> np.ndarray:
     return vector
 
 
-def _filters(value: Any, cfg: Config) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+def _filter(payload: dict[str, Any], cfg: Config) -> Filter | None:
+    """The request's filters ("filters", "filter", "where"), joined, or None."""
+    mapping = payload.get("filters")
+    if mapping is not None and (
+        not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values())
     ):
         raise invalid(INVALID_ARGUMENT, "'filters' must map column names to string values")
-    if "uri" in value and cfg.service.result_uri != "manifest":
+    text = payload.get("where")
+    if text is not None and not isinstance(text, str):
+        raise invalid(INVALID_ARGUMENT, "'where' must be a filter expression as text")
+    try:
+        tree = payload.get("filter")
+        found = every(
+            equalities(mapping),
+            from_json(tree) if tree is not None else None,
+            parse_where(text) if text is not None else None,
+        )
+        found = checked_size(found) if found is not None else None
+    except FilterError as exc:
+        raise invalid(INVALID_ARGUMENT, str(exc)) from None
+    hidden = cfg.service.result_uri != "manifest"
+    if found is not None and hidden and any(c.column == "uri" for c in clauses(found)):
         # A filter on the whole uri would tell a caller whether a server path exists, which results hide.
         raise invalid(INVALID_ARGUMENT, "filter on 'uri': not offered while service.result_uri hides uris")
+    return found
+
+
+def _dedup(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise invalid(INVALID_ARGUMENT, "'dedup' must be true or false")
     return value
 
 
@@ -172,7 +201,8 @@ def parse_search(
         value=value,
         top=top,
         skip=_integer(payload, "skip", 0, 0, max_top - top),
-        filters=_filters(payload.get("filters"), cfg),
+        filter=_filter(payload, cfg),
+        dedup=_dedup(payload.get("dedup")),
         weight=_weight(payload.get("relevanceWeight")),
         vector_version=vector_version,
         frame_index=frame,

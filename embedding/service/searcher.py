@@ -20,7 +20,7 @@ from embedding.api import Vector, rank
 from embedding.config import Config
 from embedding.errors import ConfigError
 from embedding.index.search import Index, VersionMismatch
-from embedding.service.live_index import LiveIndex, find_row, stored_vector
+from embedding.service.live_index import LiveIndex, find_row
 from embedding.service.wire import (
     IMAGE_NOT_FOUND,
     INDEX_NOT_FOUND,
@@ -105,7 +105,7 @@ class SearchDeployment:
 
     async def search(self, query: dict[str, Any]) -> dict[str, Any]:
         """Rank a query: `vector` (+ `vector_version`) or `image_id` (its stored vector), with `text`
-        (the query text, for the metadata score), `top`, `skip`, `filters` and `weight`."""
+        (the query text, for the metadata score), `top`, `skip`, `filter`, `dedup` and `weight`."""
         try:
             return reply(await asyncio.to_thread(self._search, query))
         except ApiError as exc:
@@ -117,7 +117,7 @@ class SearchDeployment:
             where = find_row(index, query["image_id"], query.get("frame_index"))
             if where is None:
                 raise _missing(IMAGE_NOT_FOUND, f"image '{query['image_id']}' is not in the index")
-            vector = Vector(stored_vector(index, where), self.version)
+            vector = Vector(index.stored(where), self.version)
         else:
             vector = Vector(np.asarray(query["vector"], dtype=np.float32), query["vector_version"])
         cfg = self.cfg
@@ -126,7 +126,8 @@ class SearchDeployment:
             cfg = cfg.model_copy(update={"search": search})
         skip = query.get("skip", 0)
         try:
-            hits = rank(index, vector, cfg, skip + query["top"], query.get("filters"), query.get("text"))
+            top, dedup = skip + query["top"], query.get("dedup")
+            hits = rank(index, vector, cfg, top, query.get("filter"), query.get("text"), dedup)
         except VersionMismatch as exc:
             raise invalid(VERSION_MISMATCH, str(exc)) from None
         except ConfigError as exc:  # an unknown filter column, a vector of the wrong width

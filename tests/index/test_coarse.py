@@ -10,6 +10,7 @@ import numpy as np
 from embedding.index.build import build_index
 from embedding.index.coarse import SharedCoarse
 from embedding.index.search import Index
+from embedding.index.where import parse_where
 from embedding.store.partition import Partition
 from tests.index.conftest import clustered, write_embeddings
 
@@ -30,10 +31,11 @@ def test_shards_of_one_structure_share_the_coarse_step_and_answer_alike(local_in
     alone = Index(shared.manifest, shared.shards)  # each shard searched on its own
     assert alone.coarse is None
     for query in clustered(30, DIM, seed=3):
-        for filters in ({}, {"tags": "even"}, {"tags": "no-such-tag"}):
-            found = [(c.shard, c.row, round(c.cosine, 5)) for c in shared.nearest(query, 10, filters)]
-            assert found == [(c.shard, c.row, round(c.cosine, 5)) for c in alone.nearest(query, 10, filters)]
-            assert filters.get("tags") == "no-such-tag" or len(found) == 10
+        for where in (None, "tags = even", "tags = no-such-tag"):
+            what = parse_where(where) if where else None
+            found = [(c.shard, c.row, round(c.cosine, 5)) for c in shared.nearest(query, 10, what)]
+            assert found == [(c.shard, c.row, round(c.cosine, 5)) for c in alone.nearest(query, 10, what)]
+            assert where == "tags = no-such-tag" or len(found) == 10
             retired = shared.shards[0].retired
             assert not any(shard == 0 and row in retired for shard, row, _ in found)
 

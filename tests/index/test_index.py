@@ -14,8 +14,10 @@ import pytest
 from embedding.api import Vector, search
 from embedding.errors import ConfigError
 from embedding.index.build import build_index
+from embedding.index.filters import equalities
 from embedding.index.search import Index, VersionMismatch
 from embedding.index.store import index_dir
+from embedding.index.where import parse_where
 from tests.index.conftest import clustered, write_embeddings
 
 
@@ -93,14 +95,14 @@ def test_filters_apply_before_the_cut(index_config) -> None:
     write_embeddings(Path(cfg.output.root), vectors, units=6)
     build_index(cfg)
     index = Index.for_version(cfg.output.root, "demo")
-    found = index.nearest(vectors[1], 10, filters={"tags": "even"})
+    found = index.nearest(vectors[1], 10, equalities({"tags": "even"}))
     assert len(found) == 10 and all("even" in index.metadata(c)["tags"] for c in found)
     expected = [i for i in exact_top(vectors, vectors[1], 300) if i % 2 == 0][:10]
     assert [index.metadata(c)["image_id"] for c in found] == [f"img-{i:05d}" for i in expected]
-    only = index.nearest(vectors[0], 10, filters={"caption": "caption img-00004"})
+    only = index.nearest(vectors[0], 10, parse_where("caption = 'caption img-00004'"))
     assert [index.metadata(c)["image_id"] for c in only] == ["img-00004"]
-    with pytest.raises(ConfigError, match="no such metadata column"):
-        index.nearest(vectors[0], 5, filters={"colour": "red"})
+    with pytest.raises(ConfigError, match="filter on 'colour': no such column"):
+        index.nearest(vectors[0], 5, equalities({"colour": "red"}))
 
 
 def test_a_vector_of_another_version_is_refused(index_config) -> None:

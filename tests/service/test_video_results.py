@@ -15,7 +15,7 @@ from embedding import api
 from embedding.demo.captions import query
 from embedding.index.search import Index
 from embedding.job.run import run
-from embedding.service.live_index import find_row, stored_vector
+from embedding.service.live_index import find_row
 from embedding.service.thumbnails import Thumbnails
 from embedding.service.wire import camel_hit
 from tests import video_factory as v
@@ -54,6 +54,6 @@ def test_a_video_moment_in_the_wire_format_its_thumbnail_and_more_like_it(
     assert blue > 10 * max(red, 1), (blue, red)  # the picture of the blue star's moment, not the red circle's
 
     # "More like this" from that frame: its stored vector finds the same moment first.
-    like = api.rank(index, api.Vector(stored_vector(index, where), "demo"), cfg, top=3)
+    like = api.rank(index, api.Vector(index.stored(where), "demo"), cfg, top=3)
     assert like[0].image_id == "clip" and like[0].segment is not None
     assert like[0].segment["start_s"] <= wire["video"]["frameTimeS"] <= like[0].segment["end_s"]
