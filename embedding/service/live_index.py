@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from embedding.config import Config
 from embedding.errors import ConfigError
+from embedding.index.rowmask import kind_of
 from embedding.index.search import Candidate, Index
 from embedding.index.store import index_dir, local_folder, read_manifest
 
@@ -85,6 +86,37 @@ def facets(index: Index, limit: int = FACET_VALUES) -> dict[str, list[dict[str, 
     return found
 
 
+def ranges(index: Index) -> dict[str, dict[str, Any]]:
+    """Per carried number, date or timestamp column, its kind and the least and greatest live value
+    (dates and times in ISO form): what the page's range pickers offer."""
+    found: dict[str, dict[str, Any]] = {}
+    for column in index.manifest.metadata_columns:
+        if column in FACET_SKIP:
+            continue
+        low = high = None
+        kind = "other"
+        for shard in index.shards:
+            if column not in shard.meta.column_names:
+                continue
+            data = shard.meta.column(column)
+            kind = kind_of(data.type)
+            if kind not in ("number", "date", "timestamp"):
+                break
+            if len(shard.retired):
+                data = data.filter(pa.array(shard.live_mask()))
+            bounds = pc.min_max(data).as_py()
+            if bounds["min"] is not None:
+                low = bounds["min"] if low is None else min(low, bounds["min"])
+                high = bounds["max"] if high is None else max(high, bounds["max"])
+        if kind in ("number", "date", "timestamp") and low is not None:
+            found[column] = {"type": kind, "min": _plain(low), "max": _plain(high)}
+    return found
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
 class LiveIndex:
     """The current index of one version, reloaded in the background when a new build appears."""
 
@@ -94,6 +126,7 @@ class LiveIndex:
         self.options = cfg.output.storage_options
         self.index: Index | None = None
         self.facets: dict[str, list[dict[str, Any]]] = {}
+        self.ranges: dict[str, dict[str, Any]] = {}
         self.problem: str | None = None  # why there is no index, or why the last reload failed
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -107,14 +140,14 @@ class LiveIndex:
                 return False
             index = Index.load(local_folder(self.folder, manifest, self.options), manifest)
             index.check_version(self.version)
-            found = facets(index)
+            found, bounds = facets(index), ranges(index)
         except (ConfigError, OSError, ValueError) as exc:
             self.problem = str(exc)
             if self.index is not None:
                 log.warning("index of %s not reloaded (kept build %s): %s", self.version, self.build_id, exc)
             return False
         # One assignment each: a request reads either the old index or the new one, never a mix.
-        self.facets = found
+        self.facets, self.ranges = found, bounds
         self.index = index
         self.problem = None
         log.info("serving index build %s of %s (%d rows)", manifest.build_id, self.version, manifest.rows)

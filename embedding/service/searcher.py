@@ -167,6 +167,7 @@ class SearchDeployment:
                 "metadataColumns": manifest.metadata_columns,
             },
             "filters": self.live.facets,
+            "ranges": self.live.ranges,
             "problem": self.live.problem,
         }
 

@@ -30,12 +30,15 @@ def write_embeddings(
     units: int = 8,
     tags: list[list[str]] | None = None,
     first: int = 0,
+    extra: dict[str, pa.Array] | None = None,
 ) -> list[str]:
     """Commit vectors as embedding units of a partition, as the job would; returns the image ids.
 
     `first`: the number of the first image id and of the first unit (`unit<first + u>`), so that a test
     can commit more units later (an appended manifest file) or commit a unit again (a changed one).
+    `extra`: more carried columns, a value per row (typed columns for filters).
     """
+    extra = extra or {}
     n, dim = vectors.shape
     ids = [f"img-{first + i:05d}" for i in range(n)]
     tags = tags or [["even" if i % 2 == 0 else "odd", f"mod3-{i % 3}"] for i in range(n)]
@@ -43,7 +46,11 @@ def write_embeddings(
         "image",
         dim,
         "float32",
-        [pa.field("caption", pa.string()), pa.field("tags", pa.list_(pa.string()))],
+        [
+            pa.field("caption", pa.string()),
+            pa.field("tags", pa.list_(pa.string())),
+            *(pa.field(name, values.type) for name, values in extra.items()),
+        ],
         file_metadata({"model_version": version}),
     )
     part = Partition(str(root), "image", version)
@@ -62,6 +69,7 @@ def write_embeddings(
             "content_sha256": ["0" * 64] * len(chunk),
             "caption": [f"caption {ids[i]}" for i in chunk],
             "tags": [tags[i] for i in chunk],
+            **{name: values.take(pa.array(chunk)) for name, values in extra.items()},
         }
         embeddings = pa.Table.from_pydict(rows, schema=schemas.embeddings())
         unit = f"unit{first + u:05d}"
