@@ -126,6 +126,8 @@ def _index(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from embedding.api import search
     from embedding.config_file import load_config
+    from embedding.index.filters import every
+    from embedding.index.where import parse_where
 
     overrides = list(args.set or [])
     if args.group_videos is not None:
@@ -134,14 +136,16 @@ def _search(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either a query TEXT or --image PATH_OR_URL")
     query = args.image if args.image is not None else args.text
-    clauses = [*(args.filter or []), *([args.where] if args.where else [])]
+    # Each --filter and the --where parse alone (an error points into the text given), then all must pass.
+    clauses = [*(args.filter or []), *([args.where] if args.where is not None else [])]
+    where = every(*(parse_where(clause) for clause in clauses))
     hits = search(
         query,
         cfg,
         top=args.top,
         image=args.image is not None,
         sink=args.sink,
-        where=" and ".join(f"({c})" for c in clauses) or None,
+        where=where,
         dedup=args.dedup,
     )
     if args.json:

@@ -7,6 +7,7 @@ so their results are the same.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,13 +49,22 @@ class Hit:
             "cosine": round(self.cosine, 6),
             "metadata_score": round(self.metadata_score, 6),
             "relevance": round(self.relevance, 6),
-            **{k: v for k, v in self.metadata.items() if k not in ("image_id", "uri")},
+            **{k: plain(v) for k, v in self.metadata.items() if k not in ("image_id", "uri")},
         }
         if self.segment is not None:
             out["video"] = self.segment
         if self.similar:
             out["similar"] = list(self.similar)
         return out
+
+
+def plain(value: Any) -> Any:
+    """A carried value as JSON holds it: dates and times in ISO form (lists of them too)."""
+    if isinstance(value, dt.date):  # datetime is a date too
+        return value.isoformat()
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 def rank(

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from embedding.config import Config
 from embedding.errors import ConfigError
+from embedding.index.ranking import plain
 from embedding.index.rowmask import kind_of
 from embedding.index.search import Candidate, Index
 from embedding.index.store import index_dir, local_folder, read_manifest
@@ -109,12 +110,8 @@ def ranges(index: Index) -> dict[str, dict[str, Any]]:
                 low = bounds["min"] if low is None else min(low, bounds["min"])
                 high = bounds["max"] if high is None else max(high, bounds["max"])
         if kind in ("number", "date", "timestamp") and low is not None:
-            found[column] = {"type": kind, "min": _plain(low), "max": _plain(high)}
+            found[column] = {"type": kind, "min": plain(low), "max": plain(high)}
     return found
-
-
-def _plain(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 class LiveIndex:
