@@ -42,7 +42,7 @@ import numpy as np
 from benchmarks import index as bench
 from benchmarks.index import DIM, VERSION, K, Mixture, unit_id
 from embedding.errors import ConfigError
-from embedding.index import build, search
+from embedding.index import build, check
 from embedding.index.build import build_index
 from embedding.index.search import Index
 from embedding.index.store import index_dir, read_manifest
@@ -51,7 +51,7 @@ from embedding.store.partition import Partition
 FRESH_THREADS = faiss.omp_get_max_threads()  # FAISS's own default, before anything here sets it
 PASSES = 2
 STEPS = (("append 1%", "append", 0.01), ("retire 1%", "retire", 0.01), ("append 10%", "append", 0.10))
-# The index stage's steps, timed where build.py (and the self-check in search.py) look them up; a name
+# The index stage's steps, timed where build.py (and the self-check in check.py) look them up; a name
 # the module no longer has is not timed (its time goes to `other`).
 PHASES = (
     (build, "committed_units", "read markers"),
@@ -60,7 +60,7 @@ PHASES = (
     (build, "fill_shards", "fill"),
     (build, "text_probes", "text probes"),
     (build, "self_check", "self-check"),
-    (search, "exact_kth_scores", "self-check: exact truth"),  # inside the self-check
+    (check, "exact_kth_scores", "self-check: exact truth"),  # inside the self-check
     (build, "_metadata_columns", "metadata columns"),
     (build, "write_manifest", "switch"),
     (build, "remove_unnamed_builds", "clean-up"),

@@ -21,6 +21,7 @@ Method, all in one run on this machine:
    reading them whole with `faiss.read_index`), and apart from it the id/metadata maps (file and in-RAM
    Arrow size) and the memory-mapped re-ranking vectors (on disk).
 
+`--filters` measures filtered search instead (issue 24): see benchmarks/filtered.py.
 `--incremental` measures instead the index's updates (append 1%, retire 1%, append 10%) against full
 rebuilds of the same units (issue 22): see benchmarks/incremental.py.
 """
@@ -81,12 +82,16 @@ def commit_units(
     first_row: int = 0,
     first_unit: int = 0,
     file: str = "vectors.f32.npy",
+    columns: Callable[[range, int], dict[str, pa.Array]] | None = None,
 ) -> np.ndarray:
     """Commit the data as embedding units (as the job would); returns a float32 memmap of it (root/file).
 
     Image ids run from img-{first_row}, unit ids from unit{first_unit}; unit n is drawn with seed 1 + n.
+    `columns(ids, n)`: carried columns of unit n's rows.
     """
-    schemas = OutputSchemas("image", DIM, "float32", [], file_metadata({"model_version": VERSION}))
+    carried = [] if columns is None else [pa.field(k, v.type) for k, v in columns(range(1), 0).items()]
+    metadata = file_metadata({"model_version": VERSION})
+    schemas = OutputSchemas("image", DIM, "float32", carried, metadata)
     part = Partition(str(root / "out"), "image", VERSION)
     vectors = np.lib.format.open_memmap(root / file, "w+", np.float32, (rows, DIM))
     for number, start in enumerate(range(0, rows, unit_rows), start=first_unit):
@@ -106,6 +111,7 @@ def commit_units(
                 "width": pa.array(np.full(n, 224, np.int32)),
                 "height": pa.array(np.full(n, 224, np.int32)),
                 "content_sha256": ["0" * 64] * n,
+                **(columns(ids, number) if columns is not None else {}),
             },
             schema=schemas.embeddings(),
         )
@@ -209,12 +215,23 @@ def main() -> None:
         help="with --incremental: compare every step with a full rebuild, or the last one only",
     )
     parser.add_argument(
+        "--filters",
+        action="store_true",
+        help="filtered search at 50%%, 5%% and 0.1%% of the rows: benchmarks/filtered.py",
+    )
+    parser.add_argument(
         "--incremental",
         action="store_true",
         help="updates (append 1%%, retire 1%%, append 10%%) against rebuilds: benchmarks/incremental.py",
     )
     args = parser.parse_args()
-    args.out = args.out or Path("/tmp/bench-incremental" if args.incremental else "/tmp/bench-index")
+    default = "/tmp/bench-incremental" if args.incremental else "/tmp/bench-filters" if args.filters else None
+    args.out = args.out or Path(default or "/tmp/bench-index")
+    if args.filters:
+        from benchmarks.filtered import run as run_filtered
+
+        run_filtered(args)
+        return
     if args.incremental:
         from benchmarks.incremental import run
 
