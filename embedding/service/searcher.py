@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from ray import serve
 
-from embedding.api import Vector, rank
 from embedding.config import Config
 from embedding.errors import ConfigError
+from embedding.index.ranking import Vector, rank
 from embedding.index.search import Index, VersionMismatch
 from embedding.service.live_index import LiveIndex, find_row
 from embedding.service.wire import (

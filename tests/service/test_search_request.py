@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from embedding.config import Config
+from embedding.index.filters import All, Clause
 from embedding.service.search_request import MAX_FRAME_INDEX, frame_index_param, parse_search
 from embedding.service.wire import ApiError
 
@@ -21,14 +22,21 @@ def parse(body: dict, query: dict | None = None):
 
 def test_queries_and_options() -> None:
     text = parse({"text": "a cat", "top": 5, "skip": 10, "filters": {"tags": "red"}, "relevanceWeight": 0})
-    assert (text.kind, text.value, text.top, text.skip, text.filters, text.weight) == (
+    assert (text.kind, text.value, text.top, text.skip, text.filter, text.weight) == (
         "text",
         "a cat",
         5,
         10,
-        {"tags": "red"},
+        Clause("tags", "eq", "red"),
         0.0,
     )
+    every_form = parse(
+        {"text": "x", "filters": {"tags": "red"}, "where": "year > 2020", "filter": {"field": "a", "in": [1]}}
+    )
+    assert every_form.filter == All(
+        (Clause("tags", "eq", "red"), Clause("a", "in", (1,)), Clause("year", "gt", 2020))
+    )
+    assert parse({"text": "x", "dedup": True}).dedup is True and parse({"text": "x"}).dedup is None
     assert text.index_version == "demo" and parse({"text": "x"}).top == CFG.search.top
     assert parse({"image": base64.b64encode(b"abc").decode()}).value == b"abc"
     assert parse({"imageId": "s-1"}, {"modelVersion": "other"}).index_version == "other"
@@ -117,9 +125,14 @@ def test_the_frame_index_parameter() -> None:
 
 
 def test_a_filter_on_uri_is_refused_while_results_hide_uris() -> None:
-    with pytest.raises(ApiError, match="filter on 'uri'") as refused:
-        parse({"text": "x", "filters": {"uri": "/srv/images/a.jpg"}})
-    assert refused.value.status == 400
+    for body in (
+        {"filters": {"uri": "/srv/images/a.jpg"}},
+        {"where": "tags = a or not uri = '/srv/images/a.jpg'"},
+        {"filter": {"not": {"field": "uri", "exists": True}}},
+    ):
+        with pytest.raises(ApiError, match="filter on 'uri'") as refused:
+            parse({"text": "x", **body})
+        assert refused.value.status == 400
     shown = CFG.model_copy(update={"service": CFG.service.model_copy(update={"result_uri": "manifest"})})
     query = parse_search({"text": "x", "filters": {"uri": "/srv/a.jpg"}}, {}, SERVED, "demo", shown)
-    assert query.filters == {"uri": "/srv/a.jpg"}
+    assert query.filter == Clause("uri", "eq", "/srv/a.jpg")
