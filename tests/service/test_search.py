@@ -197,7 +197,7 @@ def test_bad_searches_are_400(setup, body: dict, inner: str) -> None:
         (b'{"text": "a cat", "top": 1e999}', "'top' must be an integer from 1 to 1000"),
         (b'{"vector": [1e39, 0.5], "modelVersion": "demo"}', "'vector'[0] is 1e+39"),
         (b'{"vector": [0, 0], "modelVersion": "demo"}', "'vector' is all zeros"),
-        (b'{"text": "a cat", "filters": {"nope": "x"}}', "filter on 'nope': no such metadata column"),
+        (b'{"text": "a cat", "filters": {"nope": "x"}}', "filter on 'nope': no such column"),
     ],
 )
 def test_bad_searches_say_what_is_wrong(setup, body: bytes, says: str) -> None:
