@@ -3,7 +3,8 @@
     POST /computervision/retrieval:vectorizeImage   hosted: JSON {"url"} or the image's raw bytes
     POST /computervision/retrieval:vectorizeText    hosted: JSON {"text"}
     POST /retrieval:search                          ours: see embedding.service.search_request
-    GET  /retrieval/models                          ours: served versions, their indexes and filters
+    GET  /retrieval/models                          ours: served versions, their indexes, filters and ranges
+    GET  /retrieval/duplicates                      ours: the groups `embedding duplicates` wrote (404 before)
     GET  /retrieval/thumbnails/{imageId}            ours: a JPEG of at most service.thumbnail_px
     GET  /retrieval/images/{imageId}                ours: the indexed image's original bytes
     GET  /healthz                                   liveness (no key needed)
@@ -259,11 +260,11 @@ class Ingress:
     @app.get("/retrieval/duplicates")
     async def duplicates(self, request: Request) -> Response:
         """The groups of exact and near copies `embedding duplicates CONFIG` wrote for a version (files
-        only: no deployment is called); 404 until it has run. Member uris follow service.result_uri."""
-        # Imported here: this route is the ingress's only use of them (the searcher module holds ResultUris).
-        from embedding.errors import ConfigError
-        from embedding.index.duplicates import duplicate_groups
-        from embedding.service.searcher import ResultUris
+        only: no deployment is called); 404 until it has run. Members carry no uri: service.result_uri's
+        ResultUris lives with the search deployment (the ingress importing it would lengthen the import
+        chain past tests/test_layout.py's limit), and the page needs ids only."""
+        from embedding.errors import ConfigError  # imported here: this route is the ingress's only use
+        from embedding.index.duplicate_groups import duplicate_groups
 
         self._authorize(request)
         version = model_version(request.query_params, self.versions, self.default)
@@ -274,13 +275,10 @@ class Ingress:
             if "embedding duplicates" not in message:
                 message += ": run `embedding duplicates CONFIG`"
             raise ApiError(404, "NotFound", message, ("DuplicatesNotFound", message)) from None
-        uris = getattr(self, "_duplicate_uris", None)
-        if uris is None:  # lists the manifest's files once (as the search deployment does at start)
-            uris = self._duplicate_uris = await asyncio.to_thread(ResultUris.from_config, self.cfg)
         answer = []
         for group in groups:
             found = group.to_dict()
-            found["members"] = [{**m, "uri": uris.show(m["uri"])} for m in found["members"]]
+            found["members"] = [{k: v for k, v in m.items() if k != "uri"} for m in found["members"]]
             answer.append(found)
         return JSONResponse({"modelVersion": version, "groups": answer})
 

@@ -1,8 +1,12 @@
 """Service test fixtures: the demo sample embedded and indexed once per session, and real servers.
 
 The collection is the sample (384 images) plus two rows that exercise thumbnails: one with inline image
-bytes and no uri, and one whose file is removed after the run (its thumbnail is a placeholder). Each test
-module starts its own server (module-scoped) on the shared local Ray, on 127.0.0.1 and a free port.
+bytes and no uri, and one whose file is removed after the run (its thumbnail is a placeholder), and one
+re-encoded copy of a sample image (a near duplicate, for dedup and the duplicate groups, which the fixture
+finds after indexing). Besides caption and tags, every row carries a number (`price`), a date
+(`taken_on`), a timestamp (`added_at`) and a string (`shape`), for the filters and the page's range
+pickers. Each test module starts its own server (module-scoped) on the shared local Ray, on 127.0.0.1 and
+a free port.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +39,14 @@ import yaml
 from PIL import Image
 
 from embedding.config import Config
+from embedding.index.duplicates import find_duplicates
 from embedding.job.run import run
 from embedding.service.app import start, stop
 
 REPO = Path(__file__).resolve().parents[2]
-INLINE_ID, GONE_ID = "extra-inline", "extra-gone"
+INLINE_ID, GONE_ID, COPY_ID = "extra-inline", "extra-gone", "extra-copy"
+# Carried columns of every row, besides caption and tags (the sample's manifest has `shape` already).
+CARRIED = ["caption", "tags", "shape", "price", "taken_on", "added_at"]
 TEXTS = {"t-en": "a red circle", "t-fr": "un cercle rouge", "t-de": "ein blauer Stern auf grauem Grund"}
 
 
@@ -50,6 +58,8 @@ class Served:
     tree: dict[str, Any]  # the config, as YAML would hold it
     truth: dict[str, tuple[str, str]]  # image_id -> (colour, shape)
     uris: dict[str, str]  # image_id -> local path of the image file (the sample's rows)
+    columns: dict[str, dict[str, Any]]  # image_id -> its price, taken_on, added_at and shape
+    copies: dict[str, str]  # the planted copy's id -> its original's id
     inline_bytes: bytes  # the inline row's image (a mirrored blue star)
     image_vectors: dict[str, np.ndarray]  # image_id -> the job's vector
     text_vectors: dict[str, np.ndarray]  # text -> the job's vector
@@ -74,6 +84,22 @@ def _mirrored(data: bytes, how: Image.Transpose) -> bytes:
     return out.getvalue()
 
 
+def _reencoded(data: bytes) -> bytes:
+    """The same picture as a JPEG of another quality: other bytes (another digest), nearly the same vector."""
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def _carried(number: int) -> dict[str, Any]:
+    """A row's number, date and timestamp: spread over their ranges, unrelated to colour and shape."""
+    return {
+        "price": round(1 + (number * 37 % 200) / 4, 2),  # 1.0 to 50.75
+        "taken_on": date(2024, 1, 1) + timedelta(days=number * 11 % 366),  # within 2024
+        "added_at": datetime(2024, 3, 1, tzinfo=UTC) + timedelta(minutes=number * 997 % 100_000),
+    }
+
+
 @pytest.fixture(scope="session")
 def served(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local) -> Served:
     folder = tmp_path_factory.mktemp("served")
@@ -87,18 +113,31 @@ def served(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local
     star_bytes = _mirrored(Path(star["uri"]).read_bytes(), Image.Transpose.FLIP_LEFT_RIGHT)
     gone = folder / "gone.jpg"
     gone.write_bytes(_mirrored(Path(star["uri"]).read_bytes(), Image.Transpose.FLIP_TOP_BOTTOM))
+    # A red circle copied: a query for red circles finds both, and dedup folds one into the other.
+    original = next(r for r in sample if (r["colour"], r["shape"]) == ("red", "circle"))
+    copy = folder / "copy.jpg"
+    copy.write_bytes(_reencoded(Path(original["uri"]).read_bytes()))
     extras = [
         {**star, "image_id": INLINE_ID, "uri": None, "image": star_bytes},
         {**star, "image_id": GONE_ID, "uri": str(gone), "image": None},
+        {**original, "image_id": COPY_ID, "uri": str(copy), "image": None},
     ]
     rows = sample + extras
-    schema = pq.read_schema(sample_dir / "manifest.parquet").append(pa.field("image", pa.binary()))
+    for number, row in enumerate(rows):
+        row.update(_carried(number))
+    schema = (
+        pq.read_schema(sample_dir / "manifest.parquet")
+        .append(pa.field("image", pa.binary()))
+        .append(pa.field("price", pa.float64()))
+        .append(pa.field("taken_on", pa.date32()))
+        .append(pa.field("added_at", pa.timestamp("us", tz="UTC")))
+    )
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "images.parquet")
     texts = pa.table({"text_id": list(TEXTS), "text": list(TEXTS.values())})
     pq.write_table(texts, folder / "texts.parquet")
 
     tree: dict[str, Any] = {
-        "input": {"manifest": str(folder / "images.parquet"), "unit_rows": 128},
+        "input": {"manifest": str(folder / "images.parquet"), "unit_rows": 128, "carry_columns": CARRIED},
         "output": {"root": str(folder / "out")},
         "model": {"version": "demo"},
         "inference": {"device": "cpu", "batch_size": 32},
@@ -109,6 +148,7 @@ def served(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local
     }
     image_cfg = Config.model_validate(tree)
     assert run(image_cfg)["rows"]["embedded"] == len(rows)
+    find_duplicates(image_cfg)  # the groups GET /retrieval/duplicates and the page's Duplicates view show
     text_cfg = Config.model_validate(
         {**tree, "input": {"manifest": str(folder / "texts.parquet")}, "index": {"enabled": False}}
     )
@@ -124,6 +164,8 @@ def served(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local
         tree=tree,
         truth={r["image_id"]: (r["colour"], r["shape"]) for r in rows},
         uris={r["image_id"]: r["uri"] for r in sample},
+        columns={r["image_id"]: {k: r[k] for k in ("price", "taken_on", "added_at", "shape")} for r in rows},
+        copies={COPY_ID: original["image_id"]},
         inline_bytes=star_bytes,
         image_vectors=_vectors(images, "image_id"),
         text_vectors=by_text,
