@@ -5,12 +5,12 @@ The single-item API: `vectorize_image`, `vectorize_text` and `search` (see embed
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "search", "vectorize_image", "vectorize_text"]
+__all__ = ["__version__", "duplicate_groups", "search", "vectorize_image", "vectorize_text"]
 
 
 def __getattr__(name: str):
     # The API pulls in torch and open_clip; importing `embedding` alone (e.g. for the config) stays light.
-    if name in ("search", "vectorize_image", "vectorize_text", "Vector", "Hit"):
+    if name in ("search", "vectorize_image", "vectorize_text", "duplicate_groups", "Vector", "Hit"):
         from embedding import api
 
         return getattr(api, name)

@@ -1,4 +1,4 @@
-"""The Python API for single items: vectorize_image, vectorize_text, and search (Vector, Hit, rank).
+"""The Python API: vectorize_image, vectorize_text, search (Vector, Hit, rank), and duplicate_groups.
 
 Each input is validated exactly as in the job; a bad one raises EmbeddingError carrying its error code.
 """
@@ -15,6 +15,7 @@ from embedding.config import Config
 from embedding.errors import ConfigError, EmbeddingError, ErrorCode
 from embedding.fetch.sources import check_size, fetch
 from embedding.fetch.uripolicy import SourceSettings, resolve_uri
+from embedding.index.duplicate_groups import duplicate_groups
 from embedding.index.filters import All, Clause, Filter, equalities, every
 from embedding.index.ranking import Hit, Vector, pool_size, rank, ranked
 from embedding.index.search import Index
@@ -178,4 +179,13 @@ def _sink_equalities(condition: Filter | None) -> dict[str, str]:
     return {p.column: str(p.value) for p in parts if isinstance(p, Clause)}
 
 
-__all__ = ["Hit", "Vector", "encoder_for", "rank", "search", "vectorize_image", "vectorize_text"]
+__all__ = [
+    "Hit",
+    "Vector",
+    "duplicate_groups",
+    "encoder_for",
+    "rank",
+    "search",
+    "vectorize_image",
+    "vectorize_text",
+]
