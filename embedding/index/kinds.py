@@ -79,6 +79,12 @@ def create(kind: IndexKind, dim: int) -> faiss.Index:
     return faiss.index_factory(dim, kind.factory, faiss.METRIC_INNER_PRODUCT)
 
 
+def inverted_lists(index: faiss.Index) -> int | None:
+    """How many inverted lists an IVF index (behind its transforms) has; None for other kinds."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    return int(inner.nlist) if isinstance(inner, faiss.IndexIVF) else None
+
+
 def search_parameters(
     index: faiss.Index, nprobe: int, ef_search: int, selector: faiss.IDSelector | None = None
 ) -> faiss.SearchParameters | None:
