@@ -122,6 +122,10 @@ class PreprocessConfig(Section):
     alpha_background: tuple[int, int, int] = (255, 255, 255)
     num_cpus: float = Field(default=1.0, gt=0)  # per decode task (a task decodes one unit)
     concurrency: int | None = Field(default=None, ge=1)  # max parallel decode tasks (None: Ray decides)
+    # "module:function" of a decode stage to run instead of the built-in one (images only; the signature of
+    # embedding.stages.decode.decode_images: packed units and MediaSettings in, the units with pixels out),
+    # e.g. benchmarks/standin.py's, which stands in for decoding; it must be importable on every node.
+    stage_function: str | None = None
 
 
 class InferenceConfig(Section):

@@ -72,6 +72,8 @@ def prepare(cfg: Config, listing: Listing | None = None) -> Prepared:
     prep = preprocess_for(spec).with_choices(cfg.preprocess)
     if cfg.inference.stage_class:
         load_stage_class(cfg.inference.stage_class)
+    if cfg.preprocess.stage_function:
+        load_stage_class(cfg.preprocess.stage_function, "preprocess.stage_function")
     return Prepared(cfg, spec, kind, files, _carried_fields(cfg, files), prep, identity_for(cfg))
 
 
@@ -120,4 +122,5 @@ def stage_settings(
         write=WriteSettings(schemas, partition, cfg.output.compression),
         encoder=EncoderSettings.from_config(cfg, job.kind, gpus),
         units_per_call=max(1, cfg.inference.batch_size // max(u.stop - u.start for u in plan.todo.values())),
+        decode_path=cfg.preprocess.stage_function,
     )

@@ -52,7 +52,7 @@ def build_dataset(tasks: list[ReadTask], buckets: list, cfg: Config, settings: S
 
     inference, prep = cfg.inference, cfg.preprocess
     cpus = _cluster_cpus()
-    prepare, kwargs = stage_for(settings.decode, settings.text_limits)
+    prepare, kwargs = stage_for(settings.decode, settings.text_limits, settings.decode_function())
     # One block per read task, each a typed row (embedding.stages.contract.TASKS).
     # Any: Ray's types for map_batches know no fn_kwargs, and from_arrow's result type narrows too far.
     ds: Any = ray.data.from_arrow([ReadTask.table([t]) for t in tasks] or [ReadTask.table([])])

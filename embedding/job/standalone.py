@@ -85,7 +85,7 @@ def run_standalone(plan: Plan, cfg: Config, settings: StageSettings, committer: 
     Raises Stopped when a stage fails (a model that cannot load is the config's error, raised as it is).
     Returns rows per round, as embedding.job.ray_executor.run_stream does.
     """
-    prepare, kwargs = stage_for(settings.decode, settings.text_limits)
+    prepare, kwargs = stage_for(settings.decode, settings.text_limits, settings.decode_function())
     report = {"first": sum(u.expected for u in plan.todo.values()), "isolated": 0, "crashed": 0}
     workers = min(decode_workers(cfg), len(plan.todo))  # never more workers than units
     progress = Progress(committer)

@@ -21,15 +21,16 @@ DEFAULT_STAGES = {
 }
 
 
-def load_stage_class(path: str) -> type:
-    """Import "module:Class"; raises ConfigError when it cannot be found."""
+def load_stage_class(path: str, key: str = "inference.stage_class") -> Any:
+    """Import "module:Name" (the class of `inference.stage_class`, the function of
+    `preprocess.stage_function`); raises ConfigError, naming the config key, when it cannot be found."""
     import importlib
 
     module_name, _, name = path.partition(":")
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"inference.stage_class: cannot import {path!r}: {exc}") from exc
+        raise ConfigError(f"{key}: cannot import {path!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,11 @@ class StageSettings:
     write: WriteSettings
     encoder: EncoderSettings
     units_per_call: int = 1  # whole units per encoder call: as many as fill a model batch
+    decode_path: str | None = None  # preprocess.stage_function: "module:function" decoding images instead
+
+    def decode_function(self) -> Any:
+        """The decode function of preprocess.stage_function, imported here; None: the built-in one."""
+        return load_stage_class(self.decode_path, "preprocess.stage_function") if self.decode_path else None
 
     @property
     def kind(self) -> str:

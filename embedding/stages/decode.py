@@ -47,10 +47,13 @@ def media_settings(cfg: Config, prep: Preprocess) -> MediaSettings:
     )
 
 
-def stage_for(media: MediaSettings | None, limits: TextLimits | None) -> tuple[Callable, dict[str, Any]]:
-    """The decode function of a run (images) or the text check (texts), with its keyword arguments."""
+def stage_for(
+    media: MediaSettings | None, limits: TextLimits | None, function: Callable | None = None
+) -> tuple[Callable, dict[str, Any]]:
+    """The decode function of a run (images: `function`, that of preprocess.stage_function, else
+    decode_images) or the text check (texts), with its keyword arguments."""
     if media is not None:
-        return decode_images, {"settings": media}
+        return function or decode_images, {"settings": media}
     return check_texts, {"limits": limits}
 
 
