@@ -318,6 +318,9 @@ class ServiceConfig(Section):
     versions: list[str] = Field(default_factory=list)  # served model versions; empty: [model.version]
     default_version: str | None = None  # `latest` or no model-version; None: model.version
     api_keys: list[str] = Field(default_factory=list)  # also EMBEDDING_API_KEYS (comma-separated)
+    # A file of API keys, one a line (a mounted Kubernetes Secret): read where the application is built,
+    # so that keys reach no process's environment; a file that is missing or holds no key is an error.
+    api_keys_file: str | None = None
     retry_after_s: int = Field(default=1, ge=0)  # the Retry-After of a 429 or a 503
     # No request is answered later than this after its body arrived: a call whose replica died is retried
     # once within it, and one that cannot finish in time is answered 503 with Retry-After.

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Literal
 
 from embedding.config import Config, ServiceConfig
+from embedding.errors import ConfigError
 from embedding.fetch.uripolicy import INLINE, SourceSettings
 
 KEYS_ENV = "EMBEDDING_API_KEYS"
@@ -29,12 +30,31 @@ def _digest(key: str) -> str:
 
 
 def api_key_digests(cfg: ServiceConfig, environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
-    """SHA-256 of every accepted key: `service.api_keys` and the comma-separated EMBEDDING_API_KEYS.
+    """SHA-256 of every accepted key: `service.api_keys`, the comma-separated EMBEDDING_API_KEYS, and the
+    lines of `service.api_keys_file`.
 
     Replicas get digests, not keys, so that no key shows in Serve's deployment config or dashboard.
     """
-    keys = [*cfg.api_keys, *environ.get(KEYS_ENV, "").split(",")]
+    keys = [*cfg.api_keys, *environ.get(KEYS_ENV, "").split(","), *_keys_file(cfg.api_keys_file)]
     return tuple(sorted({_digest(k.strip()) for k in keys if k.strip()}))
+
+
+def _keys_file(path: str | None) -> list[str]:
+    """The keys of a keys file, one a line (blank lines and lines starting with # skipped). A named file
+    that cannot be read or holds no key is a ConfigError: a service meant to have keys never runs without
+    them. The message names the file, never its contents."""
+    if path is None:
+        return []
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = [line.strip() for line in file]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"service.api_keys_file: cannot read {path}: {reason}") from None
+    keys = [line for line in lines if line and not line.startswith("#")]
+    if not keys:
+        raise ConfigError(f"service.api_keys_file: {path} holds no key")
+    return keys
 
 
 def forget_keys_env() -> None:

@@ -40,7 +40,8 @@ IMAGE = "ghcr.io/OWNER/embedding:VERSION"  # the placeholder every container nam
 GPU = "nvidia.com/gpu"
 # The Secrets the manifests read, and the variables each gives every Ray container.
 OBJECT_STORE = ("embedding-object-store", {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
-API_KEYS = ("embedding-api-keys", {"EMBEDDING_API_KEYS"})
+# The service's API keys: a file of the Secret, mounted on every pod, never a variable.
+KEYS_SECRET, KEYS_DIR, KEYS_FILE = "embedding-api-keys", "/etc/embedding/keys", "/etc/embedding/keys/api-keys"
 # Environment variable names that carry a secret (EMBEDDING_API_KEYS, AWS_SECRET_ACCESS_KEY, ...).
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
 # Literal credentials: AWS access key ids, PEM private keys.
@@ -455,7 +456,9 @@ def _secret_looking_values(tree: Any, path: str = "") -> Iterator[str]:
     if isinstance(tree, dict):
         for key, value in tree.items():
             here = f"{path}.{key}" if path else str(key)
-            if (is_secret_key(key) or SECRET_NAME.search(str(key))) and value not in (None, "", [], {}):
+            named = is_secret_key(key) or SECRET_NAME.search(str(key))
+            # A `..._file` key names where a secret is (service.api_keys_file: a mounted Secret), not it.
+            if named and not str(key).endswith("_file") and value not in (None, "", [], {}):
                 yield here
             yield from _secret_looking_values(value, here)
     elif isinstance(tree, list):
@@ -478,10 +481,10 @@ def test_credentials_come_only_from_secrets(tmp_path: Path) -> None:
                         assert "value" not in var, f"{path.name}: {var['name']} is a literal"
                         assert set(var["valueFrom"]) == {"secretKeyRef"}, var
     # Every Ray container gets the object store's credentials (the driver and the workers both read and
-    # write it), and the service's every one its API keys (the builder may run on any node).
+    # write it).
     for name, kind, wanted in [
         ("rayjob.yaml", "RayJob", [OBJECT_STORE]),
-        ("rayservice.yaml", "RayService", [OBJECT_STORE, API_KEYS]),
+        ("rayservice.yaml", "RayService", [OBJECT_STORE]),
     ]:
         for group_name, group in groups(one(name, kind)).items():
             refs = {
@@ -503,7 +506,19 @@ def test_credentials_come_only_from_secrets(tmp_path: Path) -> None:
     served = yaml.safe_load(one("rayservice.yaml", "RayService")["spec"]["serveConfigV2"])
     assert list(_secret_looking_values(served)) == []
     assert job_config(tmp_path).service.api_keys == []
-    assert Config.model_validate(serve_config().applications[0].args).service.api_keys == []
+    served_cfg = Config.model_validate(serve_config().applications[0].args)
+    assert served_cfg.service.api_keys == []
+    # The service's keys: a file of their Secret, mounted read-only on every pod (Ray may run the builder,
+    # which reads it, on any node), named by service.api_keys_file; never a variable, which every Ray process
+    # of the pod would inherit.
+    assert served_cfg.service.api_keys_file == KEYS_FILE
+    for group_name, group in groups(one("rayservice.yaml", "RayService")).items():
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m for m in ray_container(group)["volumeMounts"]}
+        assert volumes["api-keys"]["secret"]["secretName"] == KEYS_SECRET, group_name
+        assert mounts["api-keys"] == {"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True}, group_name
+        assert not {v["name"] for v in ray_container(group).get("env", [])} & {"EMBEDDING_API_KEYS"}
 
 
 def test_the_service_runs_the_projects_application(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from embedding.config import Config
-from embedding.errors import EmbeddingError, ErrorCode
+from embedding.errors import ConfigError, EmbeddingError, ErrorCode
 from embedding.fetch.uripolicy import check_scheme
 from embedding.service.security import api_key_digests, authorized, request_key, source_settings
 
@@ -26,6 +26,25 @@ def test_keys_from_the_config_and_the_environment() -> None:
         assert not authorized(headers, digests)
     assert authorized({}, ())  # no keys configured: open (and bound to 127.0.0.1)
     assert request_key({"authorization": "bearer  one "}) == "one"
+
+
+def test_keys_from_a_file_and_a_file_that_fails_closed(tmp_path) -> None:
+    keys = tmp_path / "api-keys"
+    keys.write_text("# keys of the catalogue team\nfile-one\n\n  file-two  \n")
+    cfg = Config.model_validate({"service": {"api_keys_file": str(keys)}})
+    digests = api_key_digests(cfg.service, {})
+    assert len(digests) == 2 and authorized({"authorization": "Bearer file-two"}, digests)
+    assert not authorized({"authorization": "Bearer # keys of the catalogue team"}, digests)
+    for content, says in ((None, "cannot read"), ("# none\n\n", "holds no key"), (b"\xff\xfe", "not UTF-8")):
+        if content is None:
+            keys.unlink()
+        elif isinstance(content, bytes):
+            keys.write_bytes(content)
+        else:
+            keys.write_text(content)
+        with pytest.raises(ConfigError, match=f"service.api_keys_file: .*{says}") as info:
+            api_key_digests(cfg.service, {})
+        assert str(keys) in str(info.value) and "none" not in str(info.value)  # the path, not the contents
 
 
 def test_request_urls_never_name_local_files() -> None:
