@@ -22,7 +22,6 @@ Ray's worker processes inherit the environment of the process that started their
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import time
 import zlib
@@ -30,7 +29,14 @@ import zlib
 import numpy as np
 import pyarrow as pa
 
-from embedding.stages.rows import METRIC_PREFIX, append_columns, pending_rows, timing_columns, with_embeddings
+from embedding.stages.rows import (
+    append_columns,
+    each_unit,
+    encode_timing,
+    pending_rows,
+    timing_columns,
+    with_embeddings,
+)
 
 DIM = 1024  # the demo model's width
 MS_PER_IMAGE_ENV = "STANDIN_MS_PER_IMAGE"
@@ -60,14 +66,7 @@ class _StandIn:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if "rows" not in batch.column_names:  # stream rows: the stage API before packed units
             return self.process(batch)
-        from embedding.stages.rows import pack, unpack
-
-        units = unpack(batch)
-        if not units:
-            return pack([])
-        rows = self.process(pa.concat_tables(units))
-        offsets = np.cumsum([0] + [u.num_rows for u in units])
-        return pack([rows.slice(int(a), int(b - a)) for a, b in itertools.pairwise(offsets)])
+        return each_unit(batch, self.process)
 
     def vectors(self, batch: pa.Table, rows: list[int]) -> np.ndarray:
         vectors = np.zeros((len(rows), DIM), np.float32)
@@ -80,14 +79,7 @@ class _StandIn:
         rows = pending_rows(batch)
         batch = with_embeddings(batch, rows, self.vectors(batch, rows), DIM)
         self._last_end = ended = time.time()
-        n = batch.num_rows
-        return append_columns(
-            batch,
-            {
-                **timing_columns("encode", n, started, ended),
-                f"{METRIC_PREFIX}encode_wait_s": pa.array(np.full(n, waited / max(n, 1))),
-            },
-        )
+        return encode_timing(batch, started, ended, waited)
 
 
 class InstantStage(_StandIn):

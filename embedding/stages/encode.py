@@ -9,7 +9,6 @@ rows.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -26,14 +25,11 @@ from embedding.config import InferenceConfig, ModelConfig
 from embedding.errors import ConfigError, ErrorCode
 from embedding.models.loading import LoadedModel, load_model, resolve_device
 from embedding.stages.rows import (
-    METRIC_PREFIX,
-    append_columns,
+    each_unit,
+    encode_timing,
     fail_rows,
-    pack,
     pending_rows,
     pixels_of,
-    timing_columns,
-    unpack,
     with_embeddings,
 )
 
@@ -152,12 +148,7 @@ class _EncodeStage(ABC):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Ray Data stage: packed units in (embedding.stages.rows.pack), the same units with vectors out."""
-        units = unpack(batch)
-        if not units:
-            return pack([])
-        rows = self.process(pa.concat_tables(units))
-        offsets = np.cumsum([0] + [u.num_rows for u in units])
-        return pack([rows.slice(int(a), int(b - a)) for a, b in itertools.pairwise(offsets)])
+        return each_unit(batch, self.process)
 
     def process(self, batch: pa.Table) -> pa.Table:
         """Encode the stream rows of one batch (any number of units); model failures become error rows."""
@@ -169,14 +160,7 @@ class _EncodeStage(ABC):
         batch = fail_rows(batch, {pending[p]: err for p, err in outcome.failed.items()}, self.stage_name)
         batch = with_embeddings(batch, pending, outcome.vectors, self.encoder.dim)
         self._last_end = ended = time.time()
-        n = batch.num_rows
-        return append_columns(
-            batch,
-            {
-                **timing_columns("encode", n, started, ended),
-                f"{METRIC_PREFIX}encode_wait_s": pa.array(np.full(n, waited / max(n, 1))),
-            },
-        )
+        return encode_timing(batch, started, ended, waited)
 
 
 class ImageEncodeStage(_EncodeStage):

@@ -14,6 +14,9 @@ embedding (fixed_size_list<float32, D>), and per-row timing columns (METRIC_PREF
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -123,3 +126,25 @@ def pack(tables: list[pa.Table]) -> pa.Table:
 def unpack(batch: pa.Table) -> list[pa.Table]:
     """The stream tables of a batch of packed rows."""
     return [pa.ipc.open_stream(cell.as_buffer()).read_all() for cell in batch.column("rows")]
+
+
+def each_unit(batch: pa.Table, process: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    """An encoder stage's call: packed units in, `process` over their rows at once, the same units out."""
+    units = unpack(batch)
+    if not units:
+        return pack([])
+    rows = process(pa.concat_tables(units))
+    offsets = np.cumsum([0] + [u.num_rows for u in units])
+    return pack([rows.slice(int(a), int(b - a)) for a, b in itertools.pairwise(offsets)])
+
+
+def encode_timing(batch: pa.Table, started: float, ended: float, waited: float) -> pa.Table:
+    """The encoder's timing columns: its span, and how long it waited for this batch (shared by its rows)."""
+    n = batch.num_rows
+    return append_columns(
+        batch,
+        {
+            **timing_columns("encode", n, started, ended),
+            f"{METRIC_PREFIX}encode_wait_s": pa.array(np.full(n, waited / max(n, 1))),
+        },
+    )
