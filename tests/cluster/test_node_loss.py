@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support.runs import REPO, job_env, outputs, sample_manifest, write_config
+from tests.support.runs import REPO, job_env, outputs, run_python, sample_manifest, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -28,15 +26,8 @@ def test_remove_a_worker_node_while_the_encoder_runs(tmp_path: Path, sample_dir:
         inference={"batch_size": 4, "stage_class": "tests.support.stages:SlowStage"},
     )
     result = tmp_path / "result.json"
-    process = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "cluster" / "node_loss.py"), str(config), str(result)],
-        env=job_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
+    script = REPO / "tests" / "cluster" / "node_loss.py"
+    run_python([str(script), str(config), str(result)], job_env(), timeout=900)
     outcome = json.loads(result.read_text())
     assert "error" not in outcome, outcome["error"]
     assert "removed" in outcome, "the run ended before a node could be removed"

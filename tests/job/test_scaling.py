@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from embedding.models.registry import check_available
 from embedding.stages.contract import RESULT, TASKS
 from embedding.stages.decode import decode_images, media_settings, stage_for
 from embedding.stages.rows import pack, unpack
-from tests.support.runs import REPO, job_env, outputs
+from tests.support.runs import job_env, outputs, run_python
 
 # Two runs of the same rows, cut into units of 128 and of 1,024 rows: what the driver receives per unit must
 # not grow with the unit's rows.
@@ -146,15 +145,7 @@ def test_scaling_gpu_standin_holds_batches_and_returns_deterministic_unit_vector
 def test_scaling_driver_receives_unit_results_only(tmp_path: Path) -> None:
     result = tmp_path / "result.json"
     env = {**job_env(), "STANDIN_MS_PER_IMAGE": "0.05"}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.job.test_scaling", str(tmp_path), str(result)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_python(["-m", "tests.job.test_scaling", str(tmp_path), str(result)], env, timeout=300)
     runs = json.loads(result.read_text())
     assert [r["unit_rows"] for r in runs] == list(UNIT_ROWS)
     for run in runs:

@@ -67,19 +67,21 @@ def start_run(config: Path, log: Path, faults: str = "", *args: str) -> subproce
     )
 
 
-def run_to_end(config: Path, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """`embedding run CONFIG` to its end in a process of its own; fails the test (with its stderr) unless
-    it succeeds."""
+def run_python(
+    args: list[str], env: dict[str, str], cwd: Path = REPO, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python ARGS` to its end in a process of its own; fails the test (with its stderr) unless it
+    succeeds."""
     done = subprocess.run(
-        [sys.executable, "-m", "embedding.cli", "run", str(config)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def run_to_end(config: Path, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`embedding run CONFIG` to its end in a process of its own (see run_python)."""
+    return run_python(["-m", "embedding.cli", "run", str(config)], env, cwd)
 
 
 def wait_for_free_lease(root: Path | str, storage_options: dict | None = None, timeout: float = 60) -> None:
