@@ -87,7 +87,28 @@ def _mean(results: list, stage: str, field: str) -> float:
     return total / len(committed_units(results))
 
 
+def _thread_cpu(native_id: int | None) -> float:
+    """CPU seconds so far of one thread of this process (0 when unknown or gone)."""
+    if native_id is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _executor_thread() -> int | None:
+    """Ray Data's scheduling loop runs in a thread of the driver named after its dataset."""
+    import threading
+
+    loops = [t for t in threading.enumerate() if t.name.startswith("StreamingExecutor")]
+    return loops[-1].native_id if loops else None
+
+
 def _point(actors: int, rows: int, address: str | None, ms_per_image: float) -> dict:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from benchmarks.driver import manifest
@@ -96,12 +117,21 @@ def _point(actors: int, rows: int, address: str | None, ms_per_image: float) -> 
     from embedding.job.run import run
 
     source = manifest(FOLDER, rows)
-    log: list[tuple[float, float, object]] = []  # (wall, driver CPU, result table) per block of results
+    # (wall, driver CPU, its scheduling loop's CPU, result table) per block of results
+    log: list[tuple[float, float, float, pa.Table]] = []
     take = commit.Committer.take
+    loop: list[int | None] = []
+    commit_cpu = [0.0]  # the project's own work in the driver: taking results and committing units
 
     def recording_take(self: commit.Committer, results) -> None:
+        started = time.thread_time()
         take(self, results)
-        log.append((time.time(), time.process_time(), results))
+        commit_cpu[0] += time.thread_time() - started
+        if not loop:
+            loop.append(_executor_thread())
+        # The loop's thread may end before the last results are taken: it then keeps its last reading.
+        loop_cpu = max(_thread_cpu(loop[0]), log[-1][2] if log else 0.0)
+        log.append((time.time(), time.process_time(), loop_cpu, results))
 
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         cfg = Config.model_validate(
@@ -131,7 +161,7 @@ def _point(actors: int, rows: int, address: str | None, ms_per_image: float) -> 
         finally:
             commit.Committer.take = take  # type: ignore[method-assign]
         cpu1, wall1 = time.process_time(), time.time()
-    results = [r for _, _, r in log]
+    results = [r for *_, r in log]
     committed = [int(pc.sum(r.column("rows")).as_py() or 0) for r in results]
     first_encode = min(pc.min(pc.struct_field(r.column("encode"), "t0")).as_py() for r in results)
     busy = sum(pc.sum(pc.struct_field(r.column("encode"), "busy_s")).as_py() or 0.0 for r in results)
@@ -150,6 +180,13 @@ def _point(actors: int, rows: int, address: str | None, ms_per_image: float) -> 
         "driver_ms_per_row": (cpu1 - cpu0) / rows * 1000,
         "driver_ms_per_row_streaming": (log[-1][1] - log[0][1]) / streaming_rows * 1000,
         "driver_cores_streaming": (log[-1][1] - log[0][1]) / streaming_s,
+        # Of the driver's CPU: Ray Data's scheduling loop (its own thread, polling at least 10 times a second
+        # whatever the rows/s), while streaming; and the run's start-up (planning, Ray Data's operators and
+        # actor classes) up to the first commit.
+        "loop_ms_per_row_streaming": (log[-1][2] - log[0][2]) / streaming_rows * 1000,
+        "loop_cores_streaming": (log[-1][2] - log[0][2]) / streaming_s,
+        "driver_startup_cpu_s": log[0][1] - cpu0,
+        "commit_ms_per_row": commit_cpu[0] / rows * 1000,
         "actor_utilisation": busy / (actors * span),
         "encode_wait_s_per_actor": summary["stages"]["encode"]["wait_s"] / actors,
         # Where a unit's time went outside the actors: the stages' busy seconds per unit (mean), and the
@@ -334,8 +371,8 @@ def table(points: list[dict]) -> str:
             f"{mode}:",
             "",
             "| actors | rows/s | rows | ideal | x 1 actor | actor utilisation"
-            " | driver CPU/row, run / streaming | driver cores | machine busy"
-            " | cores: ray system / actors / task workers / other |",
+            " | driver CPU/row, run / streaming (Ray Data's loop; commits) | driver cores (loop)"
+            " | machine busy | cores: ray system / actors / task workers / other |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in mine:
@@ -343,8 +380,10 @@ def table(points: list[dict]) -> str:
             out.append(
                 f"| {p['actors']} | {p['rows_per_s']:,.0f} | {p['rows']:,} | {p['ideal_rows_per_s']:,.0f}"
                 f" | {p['rows_per_s'] / base:.1f}x | {p['actor_utilisation']:.0%}"
-                f" | {p['driver_ms_per_row']:.3f} / {p['driver_ms_per_row_streaming']:.3f} ms"
-                f" | {p['driver_cores_streaming']:.2f} | {p['machine_busy']:.0%}"
+                f" | {p['driver_ms_per_row']:.3f} / {p['driver_ms_per_row_streaming']:.3f}"
+                f" ({p['loop_ms_per_row_streaming']:.3f}; {p['commit_ms_per_row']:.4f}) ms"
+                f" | {p['driver_cores_streaming']:.3f} ({p['loop_cores_streaming']:.3f})"
+                f" | {p['machine_busy']:.0%}"
                 f" | {k['ray_system']:.2f} / {k['encoder_actors']:.2f} / {k['task_workers']:.2f}"
                 f" / {k['other']:.2f} |"
             )
