@@ -25,6 +25,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_ray = "ray_local" in getattr(item, "fixturenames", ())
         if uses_ray or item.get_closest_marker("integration") or item.get_closest_marker("cluster"):
             item.add_marker(pytest.mark.slow)
+        if "tests/service/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("serve"))
 
 
 @pytest.fixture(autouse=True)
