@@ -7,31 +7,17 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from embedding.errors import ConfigError, EmbeddingError, SinkError
 
 
 def _models(args: argparse.Namespace) -> int:
     from embedding.config_file import load_config
-    from embedding.models.registry import all_versions, locate_weights, register_architectures
+    from embedding.models.registry import describe_versions, register_architectures
 
     register_architectures()
     cfg = load_config(args.config, args.set or []) if args.config else None
-    rows: list[dict[str, Any]] = []
-    for name, spec in all_versions(cfg.model if cfg else None).items():
-        location = locate_weights(name, spec)
-        rows.append(
-            {
-                "version": name,
-                "architecture": spec.architecture,
-                "weights": spec.weights,
-                "dim": spec.dim,
-                "languages": spec.languages,
-                "available": location.available,
-                "problem": location.problem,
-            }
-        )
+    rows = describe_versions(cfg.model if cfg else None)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -57,9 +43,10 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from embedding.cluster import leave_ray
     from embedding.config_file import load_config
     from embedding.job.run import run
-    from embedding.job.summary import Phases, save_summary
+    from embedding.job.summary import Phases, one_line, save_summary
 
     overrides = list(args.set or [])
     if args.retry_errors:
@@ -69,34 +56,12 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     phases = Phases()  # from the process's start: the driver's own start-up is part of a run's time
     summary = run(cfg, phases)
-    _shutdown_ray()
+    leave_ray()
     phases.end("shutdown")
     summary["phases_s"] = phases.to_dict()
     save_summary(cfg, summary["run_id"], summary)
-    rows = summary["rows"]
-    done = rows["embedded"] + rows["videos"] + rows["failed"]
-    pipeline = summary["phases_s"].get("pipeline") or 0.0
-    total = summary["phases_s"]["total"]
-    videos = f", {rows['videos']} videos ({rows['frames']} frames)" if rows["videos"] else ""
-    print(
-        f"run {summary['run_id']}: {rows['in']} rows in, {rows['embedded']} embedded{videos}, "
-        f"{rows['failed']} failed, {rows['skipped_done']} skipped as done, {rows['retried']} retried, "
-        f"{rows['adopted']} taken over; {done / pipeline if pipeline else 0:.1f} rows/s in the pipeline, "
-        f"{done / total if total else 0:.1f} rows/s for the whole run ({total:.1f} s); "
-        f"summary in {cfg.output.root}/runs/{summary['run_id']}/summary.json"
-    )
+    print(one_line(cfg, summary))
     return 0
-
-
-def _shutdown_ray() -> None:
-    """Stop the local Ray a run started (timed as the run's last phase); a cluster is only left."""
-    import sys
-
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -176,68 +141,31 @@ def _duplicates(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the service until Ctrl-C, SIGTERM or SIGHUP, then shut Serve down and end what it started."""
-    import signal
-    import threading
-
     from embedding.config_file import load_config
-    from embedding.service.app import start, stop
+    from embedding.service.app import Started, serve_until_stopped
 
-    cfg = load_config(args.config, args.set or [])
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    def handle(handler: Any) -> None:
-        for sig in signals:
-            signal.signal(sig, handler)
-
-    # Each ends the service the same way, also while it starts: it interrupts what runs, and `stop` runs with
-    # them ignored, so that a second one cannot cut it short. Left to their default, SIGHUP (a closed
-    # terminal) and a SIGTERM during the start end the process on the spot, and HAProxy, Ray's processes and
-    # HAProxy's folder outlive it.
-    handle(interrupt)
-    try:
-        started = start(cfg, args.host, args.port)
-        handle(interrupt)  # again: starting Ray sets its own for SIGTERM (sys.exit, with no `stop`)
-        for note in started.notes:
+    def started(where: Started) -> None:
+        for note in where.notes:
             print(note)
         print(
-            f"serving model versions {', '.join(started.versions)} (default {started.default}) at "
-            f"{started.url}\n  search page: {started.url}/\n  hosted API: {started.url}/computervision/"
+            f"serving model versions {', '.join(where.versions)} (default {where.default}) at "
+            f"{where.url}\n  search page: {where.url}/\n  hosted API: {where.url}/computervision/"
             f"retrieval:vectorizeImage?api-version=2024-02-01 (and :vectorizeText)"
         )
-        if started.metrics_url:
-            print(f"  Serve's Prometheus metrics: {started.metrics_url}")
+        if where.metrics_url:
+            print(f"  Serve's Prometheus metrics: {where.metrics_url}")
         print("Ctrl-C stops the service.", flush=True)
-        threading.Event().wait()  # until a signal interrupts it
-    except KeyboardInterrupt:
-        pass
-    finally:
-        handle(signal.SIG_IGN)
-        stop()
+
+    serve_until_stopped(load_config(args.config, args.set or []), args.host, args.port, started)
     return 0
 
 
 def _sink(args: argparse.Namespace) -> int:
     """Bring the config's sinks (or the named ones) up to date with the committed units."""
-    import secrets
-
     from embedding.config_file import load_config
-    from embedding.sinks.deliver import deliver
-    from embedding.store.lease import Lease
-    from embedding.store.partition import Partition
+    from embedding.sinks.deliver import deliver_now
 
-    cfg = load_config(args.config, args.set or [])
-    unknown = set(args.name or []) - {s.name for s in cfg.sinks}
-    if unknown or not cfg.sinks:
-        have = ", ".join(s.name for s in cfg.sinks) or "none"
-        raise ConfigError(f"no sink named {', '.join(sorted(unknown)) or 'in the config'} (sinks: {have})")
-    partition = Partition(cfg.output.root, "image", cfg.model.version, cfg.output.storage_options)
-    run_id = "sink-" + secrets.token_hex(4)
-    with Lease(partition, run_id, cfg.run.lease_timeout_s, purpose="sink delivery"):
-        done = deliver(cfg, on_ray=False, names=args.name)
-    for name, what in done.items():
+    for name, what in deliver_now(load_config(args.config, args.set or []), args.name).items():
         print(
             f"sink {name}: {what['written_units']} units ({what['written_rows']} rows) written, "
             f"{what['retired_units']} retired, in {what['seconds']} s"
@@ -264,10 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedding", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
+    overrides = argparse.ArgumentParser(add_help=False)  # every command that reads a config
+    overrides.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    configured = argparse.ArgumentParser(add_help=False, parents=[overrides])  # CONFIG first, then the rest
+    configured.add_argument("config")
 
-    models = commands.add_parser("models", help="list model versions")
+    models = commands.add_parser("models", help="list model versions", parents=[overrides])
     models.add_argument("--config", help="a config that adds versions")
-    models.add_argument("--set", action="append", metavar="KEY=VALUE")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_models)
 
@@ -277,16 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=_sample)
 
-    run = commands.add_parser("run", help="the job: embeddings, errors, summary, then the index if enabled")
-    run.add_argument("config")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    run = commands.add_parser(
+        "run", help="the job: embeddings, errors, summary, then the index if enabled", parents=[configured]
+    )
     run.add_argument("--retry-errors", action="store_true", help="also retry permanent errors of done units")
     run.add_argument("--mode", choices=["resume", "overwrite"], help="override run.mode")
     run.set_defaults(func=_run)
 
-    index = commands.add_parser("index", help="the index stage alone (or --verify an existing index)")
-    index.add_argument("config")
-    index.add_argument("--set", action="append", metavar="KEY=VALUE")
+    index = commands.add_parser(
+        "index", help="the index stage alone (or --verify an existing index)", parents=[configured]
+    )
     index.add_argument("--verify", action="store_true", help="check every shard file's SHA-256")
     how = index.add_mutually_exclusive_group()
     how.add_argument(
@@ -298,8 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--compact", action="store_true", help="merge delta shards and drop retired rows now")
     index.set_defaults(func=_index)
 
-    search = commands.add_parser("search", help="text or image query against the index")
-    search.add_argument("config")
+    search = commands.add_parser("search", help="text or image query against the index", parents=[configured])
     search.add_argument("text", nargs="?", help="a query text of 1 to 70 words")
     search.add_argument("--image", help="a query image: path or URL")
     search.add_argument("--top", type=int)
@@ -328,35 +258,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="video frames as segments with their times (default: search.group_videos, on)",
     )
-    search.add_argument("--set", action="append", metavar="KEY=VALUE")
     search.set_defaults(func=_search)
 
     duplicates = commands.add_parser(
-        "duplicates", help="groups of exact and near-duplicate images of the index (duplicates/ folder)"
+        "duplicates",
+        help="groups of exact and near-duplicate images of the index (duplicates/ folder)",
+        parents=[configured],
     )
-    duplicates.add_argument("config")
     duplicates.add_argument("--cosine", type=float, help="near copies: at least this cosine (default 0.97)")
-    duplicates.add_argument("--set", action="append", metavar="KEY=VALUE")
     duplicates.set_defaults(func=_duplicates)
 
     serve = commands.add_parser(
-        "serve", help="the hosted API's routes, search and the search page over HTTP (Ray Serve)"
+        "serve",
+        help="the hosted API's routes, search and the search page over HTTP (Ray Serve)",
+        parents=[configured],
     )
-    serve.add_argument("config")
     serve.add_argument("--host", help="address to listen on (default service.host; 127.0.0.1 without keys)")
     serve.add_argument("--port", type=int, help="port to listen on (default service.port, 8000)")
-    serve.add_argument("--set", action="append", metavar="KEY=VALUE")
     serve.set_defaults(func=_serve)
 
-    sink = commands.add_parser("sink", help="bring the config's sinks up to date with the committed units")
-    sink.add_argument("config")
+    sink = commands.add_parser(
+        "sink", help="bring the config's sinks up to date with the committed units", parents=[configured]
+    )
     sink.add_argument("--name", action="append", help="only this sink (repeatable)")
-    sink.add_argument("--set", action="append", metavar="KEY=VALUE")
     sink.set_defaults(func=_sink)
-    demo = commands.add_parser("demo", help="make the sample data if missing, then run configs/local.yaml")
+    demo = commands.add_parser(
+        "demo", help="make the sample data if missing, then run configs/local.yaml", parents=[overrides]
+    )
     demo.add_argument("--config", default="configs/local.yaml")
     demo.add_argument("--count", type=int, default=384, help="sample images to make when missing")
-    demo.add_argument("--set", action="append", metavar="KEY=VALUE")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -51,3 +51,12 @@ def gpus_per_actor(cfg: Config) -> float:
     if cfg.inference.device == "cpu":
         return 0.0
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def leave_ray() -> None:
+    """Stop the local Ray this process started (a run's last phase); a cluster it joined is only left."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

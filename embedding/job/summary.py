@@ -150,3 +150,19 @@ def build_summary(
 
 def save_summary(cfg: Config, run_id: str, summary: dict[str, Any]) -> str:
     return _write(cfg, run_id, "summary.json", json.dumps(summary, indent=2))
+
+
+def one_line(cfg: Config, summary: dict[str, Any]) -> str:
+    """What `embedding run` prints at the end: the rows' fates, the rates and where the summary is."""
+    rows = summary["rows"]
+    done = rows["embedded"] + rows["videos"] + rows["failed"]
+    pipeline = summary["phases_s"].get("pipeline") or 0.0
+    total = summary["phases_s"]["total"]
+    videos = f", {rows['videos']} videos ({rows['frames']} frames)" if rows["videos"] else ""
+    return (
+        f"run {summary['run_id']}: {rows['in']} rows in, {rows['embedded']} embedded{videos}, "
+        f"{rows['failed']} failed, {rows['skipped_done']} skipped as done, {rows['retried']} retried, "
+        f"{rows['adopted']} taken over; {done / pipeline if pipeline else 0:.1f} rows/s in the pipeline, "
+        f"{done / total if total else 0:.1f} rows/s for the whole run ({total:.1f} s); "
+        f"summary in {cfg.output.root}/runs/{summary['run_id']}/summary.json"
+    )

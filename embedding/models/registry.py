@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from embedding.config import ModelConfig, ModelVersionSpec
 from embedding.errors import ConfigError
@@ -152,6 +153,25 @@ def locate_weights(name: str, spec: ModelVersionSpec) -> WeightsLocation:
             problem += "; also " + tokenizer_problem
         return WeightsLocation(None, False, problem)
     return WeightsLocation(found, not tokenizer_problem, tokenizer_problem)
+
+
+def describe_versions(config: ModelConfig | None = None) -> list[dict[str, Any]]:
+    """Every known version (built-in and the config's) with where its weights stand: `embedding models`."""
+    rows = []
+    for name, spec in all_versions(config).items():
+        location = locate_weights(name, spec)
+        rows.append(
+            {
+                "version": name,
+                "architecture": spec.architecture,
+                "weights": spec.weights,
+                "dim": spec.dim,
+                "languages": spec.languages,
+                "available": location.available,
+                "problem": location.problem,
+            }
+        )
+    return rows
 
 
 class WeightsUnavailable(ConfigError):

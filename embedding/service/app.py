@@ -14,6 +14,7 @@ runs the application. Without API keys the service binds 127.0.0.1 only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,3 +247,37 @@ def stop() -> None:
             serve.shutdown()
     finally:
         stop_processes()
+
+
+def serve_until_stopped(
+    cfg: Config, host: str | None, port: int | None, started: Callable[[Started], None]
+) -> None:
+    """`embedding serve`: start, tell `started` where the service listens, and run until Ctrl-C, SIGTERM or
+    SIGHUP; then shut Serve down and end what it started."""
+    import signal
+    import threading
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def handle(handler: Any) -> None:
+        for sig in signals:
+            signal.signal(sig, handler)
+
+    # Each ends the service the same way, also while it starts: it interrupts what runs, and `stop` runs with
+    # them ignored, so that a second one cannot cut it short. Left to their default, SIGHUP (a closed
+    # terminal) and a SIGTERM during the start end the process on the spot, and HAProxy, Ray's processes and
+    # HAProxy's folder outlive it.
+    handle(interrupt)
+    try:
+        where = start(cfg, host, port)
+        handle(interrupt)  # again: starting Ray sets its own for SIGTERM (sys.exit, with no `stop`)
+        started(where)
+        threading.Event().wait()  # until a signal interrupts it
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle(signal.SIG_IGN)
+        stop()

@@ -17,10 +17,11 @@ from typing import Any
 
 from embedding.config import Config
 from embedding.config_sinks import LanceSinkConfig, PostgresSinkConfig
-from embedding.errors import SinkError
+from embedding.errors import ConfigError, SinkError
 from embedding.sinks.base import Sink, failure
 from embedding.sinks.rows import unit_rows
 from embedding.store import faults
+from embedding.store.lease import Lease
 from embedding.store.partition import Partition
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,20 @@ def deliver(cfg: Config, on_ray: bool, names: list[str] | None = None) -> dict[s
     if problems:
         raise SinkError("; ".join(problems) + " (the embeddings are committed: `embedding sink` finishes it)")
     return done
+
+
+def deliver_now(cfg: Config, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """`embedding sink`: the config's sinks (or those named) brought up to date in this process, under the
+    output's lease (a run, or another delivery, of the same output waits for it or finds it taken)."""
+    import secrets
+
+    unknown = set(names or []) - {s.name for s in cfg.sinks}
+    if unknown or not cfg.sinks:
+        have = ", ".join(s.name for s in cfg.sinks) or "none"
+        raise ConfigError(f"no sink named {', '.join(sorted(unknown)) or 'in the config'} (sinks: {have})")
+    partition = Partition(cfg.output.root, "image", cfg.model.version, cfg.output.storage_options)
+    with Lease(partition, "sink-" + secrets.token_hex(4), cfg.run.lease_timeout_s, purpose="sink delivery"):
+        return deliver(cfg, on_ray=False, names=names)
 
 
 def _deliver_one(
