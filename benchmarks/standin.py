@@ -29,14 +29,7 @@ import zlib
 import numpy as np
 import pyarrow as pa
 
-from embedding.stages.rows import (
-    append_columns,
-    each_unit,
-    encode_timing,
-    pending_rows,
-    timing_columns,
-    with_embeddings,
-)
+from embedding.stages.rows import each_unit, encode_timing, pending_rows, with_embeddings
 
 DIM = 1024  # the demo model's width
 MS_PER_IMAGE_ENV = "STANDIN_MS_PER_IMAGE"
@@ -105,6 +98,7 @@ def instant_decode(batch: pa.Table, settings) -> pa.Table:
     """A decode stage (`preprocess.stage_function`) that decodes nothing: packed units in, the same units
     out with the columns embedding.stages.decode adds (the model's size as width and height, the inline
     bytes' SHA-256, zero pixels), so the encoder and the writer see what a real decode would give them."""
+    from embedding.stages.decode import with_decoded_columns
     from embedding.stages.rows import pack, pixels_type, unpack
 
     out = []
@@ -125,18 +119,6 @@ def instant_decode(batch: pa.Table, settings) -> pa.Table:
         zeros = pa.py_buffer(np.zeros(n * size[0] * size[1] * 3, np.uint8))
         attempts = rows.schema.get_field_index("attempts")
         rows = rows.set_column(attempts, "attempts", rows.column("attempts").cast(pa.int32()))
-        out.append(
-            append_columns(
-                rows,
-                {
-                    "width": pa.array(width, pa.int32()),
-                    "height": pa.array(height, pa.int32()),
-                    "content_sha256": pa.array(digest, pa.string()),
-                    "frame_index": pa.nulls(n, pa.int32()),
-                    "frame_time_s": pa.nulls(n, pa.float64()),
-                    "pixels": pa.FixedSizeBinaryArray.from_buffers(pixels_type(size), n, [None, zeros]),
-                    **timing_columns("decode", n, started, time.time()),
-                },
-            )
-        )
+        pixels = pa.FixedSizeBinaryArray.from_buffers(pixels_type(size), n, [None, zeros])
+        out.append(with_decoded_columns(rows, width, height, digest, pixels, started))
     return pack(out)

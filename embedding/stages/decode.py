@@ -171,16 +171,37 @@ def _with_pixels(
             index.append(None)
             times.append(None)
     rows = batch.take(pa.array(np.asarray(take, np.int64)))
+    pixel_column = pixels_array(pixels, settings.prep.size)
+    return with_decoded_columns(rows, width, height, digest, pixel_column, started, index, times)
+
+
+def with_decoded_columns(
+    rows: pa.Table,
+    width: list[int | None],
+    height: list[int | None],
+    digest: list[str | None],
+    pixels: pa.Array,
+    started: float,
+    frame_index: list[int | None] | None = None,
+    frame_time_s: list[float | None] | None = None,
+) -> pa.Table:
+    """The rows with the columns the decode stage adds (sizes, the content's SHA-256, the frame a video row
+    is, the pixels, the stage's timing); no frame columns given: no row is a video frame."""
+    n = rows.num_rows
     return append_columns(
         rows,
         {
             "width": pa.array(width, pa.int32()),
             "height": pa.array(height, pa.int32()),
             "content_sha256": pa.array(digest, pa.string()),
-            "frame_index": pa.array(index, pa.int32()),
-            "frame_time_s": pa.array(times, pa.float64()),
-            "pixels": pixels_array(pixels, settings.prep.size),
-            **timing_columns("decode", rows.num_rows, started, time.time()),
+            "frame_index": pa.nulls(n, pa.int32())
+            if frame_index is None
+            else pa.array(frame_index, pa.int32()),
+            "frame_time_s": (
+                pa.nulls(n, pa.float64()) if frame_time_s is None else pa.array(frame_time_s, pa.float64())
+            ),
+            "pixels": pixels,
+            **timing_columns("decode", n, started, time.time()),
         },
     )
 
